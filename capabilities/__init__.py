@@ -1,0 +1,1 @@
+"""Capabilities an agent can hold: data, training, inference and cluster coordination."""

@@ -1,0 +1,197 @@
+"""Typed experiment configs: one pydantic model per experiment kind, YAML and CLI overrides.
+
+A config file names its ``kind`` and overrides fields of that kind's model::
+
+    kind: rollout
+    description: Random policy on simple_spread
+    seed: 0
+    env: mpe/simple_spread-v3
+    episodes: 20
+
+Defaults live in the models only. ``key.sub=value`` on the command line overrides a field;
+values are parsed as YAML (``steps=100``, ``noise=[0.1,0.5]``, ``name=abc``). Unknown keys and
+wrong types are rejected with the key's full path, a suggestion and the expected type.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from experiments.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ExperimentConfig(BaseModel):
+    """Fields every experiment has. Each kind subclasses this with its own fields."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    seed: int = Field(0, description="Seed of every generator in the run.")
+    description: str = Field("", description="One line shown by `list` and in the gallery.")
+
+
+class Section(BaseModel):
+    """Base of nested config sections: unknown keys rejected like the top level."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and reading config files
+
+
+def available_configs() -> dict[str, Path]:
+    """Config files shipped in ``experiments/configs``, by name (file stem)."""
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"))}
+
+
+def resolve_config_path(config: str | Path) -> Path:
+    """A path as given if it exists, else a shipped config of that name."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    shipped = available_configs()
+    name = path.stem if path.suffix in (".yaml", ".yml") else str(config)
+    if name in shipped and (path.parent == Path(".") or not path.parent.exists()):
+        return shipped[name]
+    close = difflib.get_close_matches(name, list(shipped), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UserError(
+        f"config file {str(config)!r} not found{hint} (shipped configs: {', '.join(shipped) or 'none'})"
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Reads a YAML mapping; a clear error for unreadable or non-mapping files."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {str(path)!r} is not valid YAML: {exc}".replace("\n", " ")) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'a.b=3'`` -> (['a', 'b'], 3). The value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override {text!r} is not of the form key=value or key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Returns a copy of ``data`` with every ``key.sub=value`` override applied."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"override {text!r}: {'.'.join(path[: i + 1])!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Validation with errors a person can act on
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"a mapping ({annotation.__name__})"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the field at ``loc`` (skipping list indices)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        sub = _submodel(field.annotation)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _format_error(model: type[BaseModel], err: dict[str, Any], kind: str) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    parent = _model_at(model, tuple(p for p in loc[:-1]))
+    if err["type"] == "extra_forbidden":
+        allowed = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        prefix = ".".join(str(p) for p in loc[:-1])
+        hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+        return f"unknown config key {key!r} for kind {kind!r}{hint} (allowed: {', '.join(allowed)})"
+    field = parent.model_fields.get(str(loc[-1])) if parent and loc else None
+    expected = f"expected {_type_name(field.annotation)}" if field is not None else err["msg"]
+    if err["type"] == "missing":
+        return f"config key {key!r} is required for kind {kind!r} ({expected})"
+    return f"config key {key!r} = {err.get('input')!r} is invalid: {err['msg'].lower()} ({expected})"
+
+
+def validate(model: type[ExperimentConfig], data: dict[str, Any], kind: str) -> ExperimentConfig:
+    """Validates ``data`` against ``model``; raises UserError with every problem on one line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [_format_error(model, e, kind) for e in exc.errors()]
+        raise UserError("; ".join(problems)) from None
+
+
+def to_plain(cfg: BaseModel) -> dict[str, Any]:
+    """The config as plain YAML-able data."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""Federated learning on Flower's Message API: FedAvg on non-IID partitions, secure aggregation."""

@@ -1,0 +1,1 @@
+"""Bonawitz-style double-masking secure aggregation with real cryptography (no Flower imports)."""

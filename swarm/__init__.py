@@ -1,0 +1,1 @@
+"""Swarm emergence on Mesa: Reynolds, Vicsek and Couzin rules, order metrics, the flock env."""
