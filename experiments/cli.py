@@ -61,7 +61,13 @@ def _list() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come before or after options (`run CFG --out D a=1`); argparse alone
+    # stops collecting positionals at the first option.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "run" or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
         return 2

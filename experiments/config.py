@@ -176,11 +176,14 @@ def _format_error(model: type[BaseModel], err: dict[str, Any], kind: str) -> str
         prefix = ".".join(str(p) for p in loc[:-1])
         hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
         return f"unknown config key {key!r} for kind {kind!r}{hint} (allowed: {', '.join(allowed)})"
-    field = parent.model_fields.get(str(loc[-1])) if parent and loc else None
-    expected = f"expected {_type_name(field.annotation)}" if field is not None else err["msg"]
+    # The field is the last named part of the path (list items and dict keys follow it).
+    names = [p for p in loc if isinstance(p, str)]
+    holder = _model_at(model, tuple(loc[: max(i for i, p in enumerate(loc) if isinstance(p, str))])) if names else None
+    field = holder.model_fields.get(names[-1]) if holder else None
+    expected = f" (expected {_type_name(field.annotation)})" if field is not None else ""
     if err["type"] == "missing":
-        return f"config key {key!r} is required for kind {kind!r} ({expected})"
-    return f"config key {key!r} = {err.get('input')!r} is invalid: {err['msg'].lower()} ({expected})"
+        return f"config key {key!r} is required for kind {kind!r}{expected}"
+    return f"config key {key!r} = {err.get('input')!r} is invalid: {err['msg'][:1].lower() + err['msg'][1:]}{expected}"
 
 
 def validate(model: type[ExperimentConfig], data: dict[str, Any], kind: str) -> ExperimentConfig:
