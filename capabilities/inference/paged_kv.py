@@ -143,12 +143,14 @@ class StepPlan:
 
 def paged_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor,
                     block_tables: torch.Tensor, context_lens: torch.Tensor,
-                    q_positions: torch.Tensor) -> torch.Tensor:
-    """Causal attention whose keys and values are read block by block through block tables.
+                    q_positions: torch.Tensor, *, blocks_per_chunk: int = 16) -> torch.Tensor:
+    """Causal attention whose keys and values are read through block tables, chunk by chunk.
 
-    For each block column ``j`` of the tables the step gathers one block per sequence and
-    folds it into a running (max, sum, weighted values) triple, the online softmax of
-    FlashAttention / PagedAttention, so memory stays at one block per sequence.
+    Each iteration gathers ``blocks_per_chunk`` consecutive logical blocks of every sequence
+    (one block per table entry) and folds them into a running (max, sum, weighted values)
+    triple -- the online softmax of FlashAttention / PagedAttention -- so no contiguous copy of
+    a whole sequence's cache is built. ``blocks_per_chunk=1`` reads exactly one block at a time
+    as the PagedAttention kernel does; larger chunks mean fewer, larger tensor operations.
 
     Args:
         q: Queries ``[B, T, H, D]``.
@@ -158,10 +160,12 @@ def paged_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Ten
         context_lens: ``[B]`` tokens visible to each sequence.
         q_positions: ``[B, T]`` absolute position of each query (it sees keys at positions
             ``<= q_position`` and ``< context_len``).
+        blocks_per_chunk: Blocks gathered per iteration (>= 1). Default 16.
 
     Returns:
         ``[B, T, H, D]`` attention output.
     """
+    _check_positive("blocks_per_chunk", blocks_per_chunk)
     bsz, tq, heads, dim = q.shape
     block_size = k_blocks.shape[1]
     scale = 1.0 / math.sqrt(dim)
@@ -169,14 +173,13 @@ def paged_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Ten
     run_max = torch.full((bsz, heads, tq), -math.inf, dtype=q.dtype, device=q.device)
     run_sum = torch.zeros((bsz, heads, tq), dtype=q.dtype, device=q.device)
     acc = torch.zeros((bsz, heads, tq, dim), dtype=q.dtype, device=q.device)
-    offsets = torch.arange(block_size, device=q.device)
-    needed = int(math.ceil(int(context_lens.max()) / block_size)) if bsz else 0
-    for j in range(needed):
-        blocks = block_tables[:, j]
-        kb = k_blocks[blocks]  # [B, bs, H, D]
-        vb = v_blocks[blocks]
+    needed = -(-int(context_lens.max()) // block_size) if bsz else 0
+    for j in range(0, needed, blocks_per_chunk):
+        blocks = block_tables[:, j:j + blocks_per_chunk]  # [B, c]
+        kb = k_blocks[blocks].flatten(1, 2)  # [B, c * bs, H, D]
+        vb = v_blocks[blocks].flatten(1, 2)
         scores = torch.einsum("bhtd,bshd->bhts", qh, kb)
-        kpos = j * block_size + offsets
+        kpos = j * block_size + torch.arange(kb.shape[1], device=q.device)
         visible = (kpos[None, None, :] <= q_positions[:, :, None]) & (kpos[None, None, :] < context_lens[:, None, None])
         scores = scores.masked_fill(~visible[:, None], -math.inf)
         new_max = torch.maximum(run_max, scores.amax(dim=-1))

@@ -1,0 +1,1 @@
+"""Inference capabilities: a paged KV cache with a tiny decoder, and mixture-of-experts routing."""
