@@ -1,0 +1,263 @@
+"""Experiment kinds of the swarm: the Vicsek transition, Couzin's regimes, a flock animation.
+
+* ``vicsek_transition`` -- polarization vs noise for several N at fixed density (several
+  seeds, mean and spread after the transient), and polarization vs density.
+* ``couzin_regimes`` -- polarization and rotation vs the width of the orientation zone:
+  swarm, torus (milling) and parallel motion.
+* ``flock_animation`` -- a Mesa :class:`swarm.model.SwarmModel` run drawn as a snapshot with
+  headings and an animated GIF.
+
+The sweep points run on Ray (:mod:`swarm.sweep`); every point owns its seed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
+
+from experiments import ExperimentConfig, RunContext, Section, register_kind
+from swarm.phases import point_seed, steady_order
+from swarm.sweep import run_points
+
+Noise = Annotated[float, Field(ge=0, le=2 * math.pi)]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class SweepSection(Section):
+    """Where the points of a sweep run."""
+
+    parallel: bool = Field(True, description="Run the points as Ray tasks (False: in this process).")
+    address: str | None = Field(None, description="Ray cluster address for ray.init(address=...); None: a local Ray.")
+    num_cpus: int = Field(2, gt=0, description="CPUs of the local Ray.")
+
+
+def _transient_below_steps(value: int, info: ValidationInfo) -> int:
+    steps = info.data.get("steps")
+    if steps is not None and value >= steps:
+        raise ValueError(f"transient must be smaller than steps = {steps}")
+    return value
+
+
+def _sweep(cfg: Any, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return run_points(steady_order, points, parallel=cfg.sweep.parallel,
+                      address=cfg.sweep.address, num_cpus=cfg.sweep.num_cpus)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vicsek: the order-disorder transition
+
+
+class VicsekTransitionConfig(ExperimentConfig):
+    """Vicsek et al. 1995, figure 2: polarization vs noise at fixed density, and vs density."""
+
+    n_agents: list[PositiveInt] = Field([100, 400, 1600], min_length=1, description="System sizes N.")
+    density: PositiveFloat = Field(4.0, description="Agents per unit area in the noise sweep.")
+    noise: list[Noise] = Field([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0], min_length=1,
+                               description="Noise amplitudes eta, each in [0, 2 pi].")
+    speed: NonNegativeFloat = Field(0.03, description="Speed v0.")
+    radius: PositiveFloat = Field(1.0, description="Interaction radius r.")
+    seeds: PositiveInt = Field(3, description="Independent runs per point.")
+    steps: PositiveInt = Field(2000, description="Steps per run.")
+    transient: int = Field(1000, ge=0, description="Steps left out of the averages.")
+    record_every: PositiveInt = Field(10, description="Record the order every this many steps.")
+    densities: list[PositiveFloat] = Field([0.25, 0.5, 1.0, 2.0, 4.0, 8.0], description="Densities of the density sweep.")
+    density_n_agents: PositiveInt = Field(400, description="N of the density sweep.")
+    density_noise: Noise = Field(2.0, description="Noise of the density sweep.")
+    sweep: SweepSection = Field(default_factory=SweepSection, description="Where the points run.")
+
+    _transient = field_validator("transient")(_transient_below_steps)
+
+
+@register_kind("vicsek_transition", VicsekTransitionConfig, axis="intelligence",
+               description="Vicsek order-disorder transition: polarization vs noise and vs density")
+def run_vicsek(cfg: VicsekTransitionConfig, ctx: RunContext) -> dict[str, Any]:
+    from swarm.plots import phase_curves
+
+    common = dict(rule="vicsek", steps=cfg.steps, transient=cfg.transient,
+                  record_every=cfg.record_every, speed=cfg.speed, radius=cfg.radius)
+    noise_points = [dict(common, n_agents=n, density=cfg.density, noise=eta,
+                         seed=point_seed(cfg.seed, 0, n, i, s))
+                    for n in cfg.n_agents for i, eta in enumerate(cfg.noise) for s in range(cfg.seeds)]
+    density_points = [dict(common, n_agents=cfg.density_n_agents, density=rho, noise=cfg.density_noise,
+                           seed=point_seed(cfg.seed, 1, i, s))
+                      for i, rho in enumerate(cfg.densities) for s in range(cfg.seeds)]
+    results = ctx.resume_state
+    if results is None:
+        ctx.info(f"vicsek_transition: {len(noise_points) + len(density_points)} points "
+                 f"({'Ray' if cfg.sweep.parallel else 'in process'})")
+        results = _sweep(cfg, noise_points + density_points)
+        labels = ["noise"] * len(noise_points) + ["density"] * len(density_points)
+        for sweep, p, r in zip(labels, noise_points + density_points, results, strict=True):
+            ctx.log(sweep=sweep, n_agents=p["n_agents"], density=p["density"], noise=p["noise"], seed=p["seed"],
+                    polarization=r["polarization"], polarization_sd=r["polarization_sd"])
+        ctx.save_checkpoint(results)
+
+    by_noise = np.array([r["polarization"] for r in results[: len(noise_points)]])
+    by_noise = by_noise.reshape(len(cfg.n_agents), len(cfg.noise), cfg.seeds)
+    by_density = np.array([r["polarization"] for r in results[len(noise_points):]])
+    by_density = by_density.reshape(len(cfg.densities), cfg.seeds)
+
+    noise = np.array(cfg.noise)
+    n_max = max(cfg.n_agents)
+    fig = phase_curves(noise, {f"N={n}": by_noise[k] for k, n in enumerate(cfg.n_agents)},
+                       xlabel="noise $\\eta$", ylabel="polarization $v_a$",
+                       title=f"Vicsek transition ($\\rho$={cfg.density:g}, {cfg.seeds} seeds)",
+                       reference=(noise, np.full_like(noise, math.sqrt(math.pi / (4 * n_max))),
+                                  f"random headings, N={n_max}"))
+    ctx.save_figure(fig, "vicsek_noise")
+    fig = phase_curves(np.array(cfg.densities), {f"N={cfg.density_n_agents}, $\\eta$={cfg.density_noise:g}": by_density},
+                       xlabel="density $\\rho$", ylabel="polarization $v_a$",
+                       title="Vicsek: order grows with density")
+    fig.axes[0].set_xscale("log")
+    ctx.save_figure(fig, "vicsek_density")
+    big = cfg.n_agents.index(n_max)
+    return {
+        "n_max": n_max,
+        "polarization_lowest_noise": float(by_noise[big, int(np.argmin(noise))].mean()),
+        "polarization_highest_noise": float(by_noise[big, int(np.argmax(noise))].mean()),
+        "random_heading_value": math.sqrt(math.pi / (4 * n_max)),
+        "polarization_lowest_density": float(by_density[int(np.argmin(cfg.densities))].mean()),
+        "polarization_highest_density": float(by_density[int(np.argmax(cfg.densities))].mean()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Couzin: swarm, torus, parallel
+
+
+class CouzinRegimesConfig(ExperimentConfig):
+    """Couzin et al. 2002, figure 3 in 2D: order vs the width of the zone of orientation."""
+
+    n_agents: PositiveInt = Field(100, description="Group size.")
+    orientation_width: list[NonNegativeFloat] = Field(
+        [0.0, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 13.0, 14.0, 15.0], min_length=1,
+        description="Widths delta r_o of the zone of orientation.")
+    attraction_width: NonNegativeFloat = Field(14.0, description="Width delta r_a of the zone of attraction.")
+    repulsion: PositiveFloat = Field(1.0, description="Radius r_r of the zone of repulsion.")
+    blind_angle_deg: float = Field(90.0, ge=0, lt=360, description="Blind angle behind each individual, degrees.")
+    turning_rate_deg: float = Field(40.0, gt=0, description="Maximum turning rate, degrees per unit time.")
+    speed: NonNegativeFloat = Field(3.0, description="Speed, distance per unit time.")
+    dt: PositiveFloat = Field(0.1, description="Time step tau.")
+    noise: NonNegativeFloat = Field(0.05, description="Standard deviation of the angular noise, radians.")
+    box: PositiveFloat = Field(200.0, description="Side of the periodic box (large: the group never meets itself).")
+    init_radius: PositiveFloat = Field(6.0, description="The group starts in a disc of this radius.")
+    seeds: PositiveInt = Field(3, description="Independent runs per width.")
+    steps: PositiveInt = Field(1500, description="Steps per run.")
+    transient: int = Field(1000, ge=0, description="Steps left out of the averages.")
+    record_every: PositiveInt = Field(10, description="Record the order every this many steps.")
+    sweep: SweepSection = Field(default_factory=SweepSection, description="Where the points run.")
+
+    _transient = field_validator("transient")(_transient_below_steps)
+
+
+def regime(polarization: float, rotation: float) -> str:
+    """Couzin's three collective states from the two order parameters (threshold 0.5)."""
+    if rotation >= 0.5 and rotation > polarization:
+        return "torus"
+    if polarization >= 0.5:
+        return "parallel"
+    return "swarm"
+
+
+@register_kind("couzin_regimes", CouzinRegimesConfig, axis="intelligence",
+               description="Couzin zones: swarm, torus and parallel motion vs the orientation zone")
+def run_couzin(cfg: CouzinRegimesConfig, ctx: RunContext) -> dict[str, Any]:
+    from swarm.plots import couzin_figure
+
+    points = [dict(rule="couzin", n_agents=cfg.n_agents, steps=cfg.steps, transient=cfg.transient,
+                   record_every=cfg.record_every, box=cfg.box, init_radius=cfg.init_radius,
+                   keep_state=(s == 0), seed=point_seed(cfg.seed, 2, i, s),
+                   repulsion=cfg.repulsion, orientation_width=w, attraction_width=cfg.attraction_width,
+                   blind_angle=math.radians(cfg.blind_angle_deg),
+                   turning_rate=math.radians(cfg.turning_rate_deg), speed=cfg.speed, dt=cfg.dt,
+                   noise=cfg.noise)
+              for i, w in enumerate(cfg.orientation_width) for s in range(cfg.seeds)]
+    results = ctx.resume_state
+    if results is None:
+        ctx.info(f"couzin_regimes: {len(points)} points ({'Ray' if cfg.sweep.parallel else 'in process'})")
+        results = _sweep(cfg, points)
+        for p, r in zip(points, results, strict=True):
+            ctx.log(orientation_width=p["orientation_width"], seed=p["seed"],
+                    polarization=r["polarization"], rotation=r["rotation"],
+                    regime=regime(r["polarization"], r["rotation"]))
+        ctx.save_checkpoint(results)
+
+    shape = (len(cfg.orientation_width), cfg.seeds)
+    polar = np.array([r["polarization"] for r in results]).reshape(shape)
+    rot = np.array([r["rotation"] for r in results]).reshape(shape)
+    mean_regime = [regime(p, m) for p, m in zip(polar.mean(1), rot.mean(1), strict=True)]
+    snapshots = []
+    for name in ("swarm", "torus", "parallel"):
+        if name in mean_regime:
+            # The most typical width of each regime: the one where its order parameter is extreme.
+            score = {"swarm": -(polar.mean(1) + rot.mean(1)), "torus": rot.mean(1), "parallel": polar.mean(1)}[name]
+            idx = max((k for k, r in enumerate(mean_regime) if r == name), key=lambda k: score[k])
+            snapshots.append((name, cfg.orientation_width[idx], results[idx * cfg.seeds]))
+    ctx.save_figure(couzin_figure(np.array(cfg.orientation_width), polar, rot, snapshots), "couzin_regimes")
+    return {
+        "regimes_seen": sorted(set(mean_regime)),
+        "max_rotation": float(rot.mean(1).max()),
+        "max_polarization": float(polar.mean(1).max()),
+        "min_order": float((polar.mean(1) + rot.mean(1)).min()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# A flock drawn: snapshot with headings and a GIF
+
+
+class FlockAnimationConfig(ExperimentConfig):
+    """A Mesa SwarmModel run, drawn: the last frame with headings and an animated GIF."""
+
+    rule: Literal["reynolds", "vicsek", "couzin"] = Field("reynolds", description="The local rule.")
+    n_agents: PositiveInt = Field(200, description="Number of agents.")
+    box: PositiveFloat = Field(100.0, description="Side of the periodic box (Mesa's example: 100).")
+    steps: PositiveInt = Field(300, description="Steps to simulate.")
+    frames: PositiveInt = Field(60, description="Frames in the GIF (evenly spaced steps).")
+    fps: PositiveInt = Field(12, description="Frames per second of the GIF.")
+    params: dict[str, float] = Field(default_factory=dict, description="The rule's parameters (e.g. noise: 0.3).")
+
+    @field_validator("params")
+    @classmethod
+    def _params_fit_the_rule(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        from swarm.rule import make_rule
+
+        make_rule(info.data.get("rule", "reynolds"), **value)  # raises ValueError naming the parameter
+        return value
+
+
+@register_kind("flock_animation", FlockAnimationConfig, axis="intelligence",
+               description="A flock emerging in a Mesa model: snapshot with headings and a GIF")
+def run_flock(cfg: FlockAnimationConfig, ctx: RunContext) -> dict[str, Any]:
+    from swarm.metrics import clusters, nearest_neighbour
+    from swarm.model import SwarmModel
+    from swarm.plots import flock_gif, flock_snapshot
+
+    model = SwarmModel(cfg.rule, cfg.n_agents, box=cfg.box, seed=cfg.seed, **cfg.params)
+    every = max(1, cfg.steps // cfg.frames)
+    frames = []
+    radius = model.rule.zones[2]
+
+    def heading() -> np.ndarray:
+        return np.arctan2(model.directions[:, 1], model.directions[:, 0])
+
+    for t in ctx.progress(range(cfg.steps + 1), description="flock"):
+        if t > 0:
+            model.step()
+        if t % every == 0 or t == cfg.steps:
+            frames.append((model.positions.copy(), heading()))
+            ctx.log(step=t, polarization=model.polarization, rotation=model.rotation,
+                    nearest_neighbour=nearest_neighbour(model.positions, model.box),
+                    clusters=clusters(model.positions, radius, model.box))
+    polar = model.datacollector.get_model_vars_dataframe()["polarization"].to_numpy()
+    ctx.save_figure(flock_snapshot(model.positions, heading(), model.box, polar,
+                                   f"{cfg.rule}, N={cfg.n_agents}, step {cfg.steps}"), "flock")
+    with ctx.artifact("figures/flock.gif") as tmp:
+        flock_gif(frames, model.box, tmp, fps=cfg.fps, title=f"{cfg.rule}, N={cfg.n_agents}")
+    return {"rule": cfg.rule, "initial_polarization": float(polar[0]), "final_polarization": float(polar[-1]),
+            "final_clusters": clusters(model.positions, radius, model.box)}

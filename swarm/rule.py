@@ -1,0 +1,109 @@
+"""What a local rule is: a Policy from each agent's view of its neighbours to a new heading.
+
+A rule never sees the whole swarm. The simulator gives it a :class:`LocalView` -- each
+agent's own heading and the sums over the neighbours it can see (:mod:`swarm.neighbours`) --
+and takes back one unit heading per agent. So a rule is a :class:`envs.api.Policy` over a
+batch of agents, and a learned policy with the same signature can replace it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from swarm.neighbours import COL
+
+
+@dataclass(frozen=True)
+class LocalView:
+    """A batch of local observations: one row per agent.
+
+    Args:
+        directions: (N, 2) unit headings at time t.
+        sums: (N, 16) neighbour sums at time t (columns ``swarm.neighbours.SUM_COLUMNS``).
+    """
+
+    directions: np.ndarray
+    sums: np.ndarray
+
+    def column(self, name: str) -> np.ndarray:
+        """One column of the sums by name (``'n_all'``), or a pair (``'d_all'`` -> dx, dy)."""
+        if name in COL:
+            return self.sums[:, COL[name]]
+        prefix, _, zone = name.partition("_")
+        k = COL[f"{prefix}x_{zone}"]  # x and y columns are adjacent: a view, not a copy
+        return self.sums[:, k:k + 2]
+
+
+@runtime_checkable
+class Rule(Protocol):
+    """A local rule. ``zones`` = (r_near, r_mid, r_outer) of the neighbour sums it reads.
+
+    ``move_first`` says whether agents move with the old heading before turning (Vicsek 1995,
+    eq. 1) or turn first and move with the new heading (Reynolds, Couzin).
+    """
+
+    name: str
+    zones: tuple[float, float, float]
+    blind_angle: float
+    step_length: float
+    move_first: bool
+
+    def __call__(self, view: LocalView) -> np.ndarray: ...
+
+
+def check_range(name: str, value: Any, lo: float, hi: float = math.inf, *,
+                lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> float:
+    """Returns ``value`` if it lies in the range, else a ValueError naming ``name`` and the range."""
+    left = "(" if lo_open else "["
+    right = ")" if hi_open or hi == math.inf else "]"
+    hi_text = "inf" if hi == math.inf else f"{hi:g}"
+    what = "an integer" if integer else "a number"
+    bad_type = isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+    if integer and not bad_type and not float(value).is_integer():
+        bad_type = True
+    if bad_type or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be {what} in {left}{lo:g}, {hi_text}{right}, got {value!r}")
+    v = float(value)
+    ok_lo = v > lo if lo_open else v >= lo
+    ok_hi = v < hi if hi_open else v <= hi
+    if not (ok_lo and ok_hi):
+        raise ValueError(f"{name} must be {what} in {left}{lo:g}, {hi_text}{right}, got {value!r}")
+    return int(v) if integer else v
+
+
+def normalize(vectors: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; a zero row takes the matching row of ``fallback``."""
+    norm = np.hypot(vectors[:, 0], vectors[:, 1])[:, None]
+    ok = norm > 0
+    return np.where(ok, vectors / np.where(ok, norm, 1.0), fallback)
+
+
+def unit(angles: np.ndarray) -> np.ndarray:
+    """(N,) angles -> (N, 2) unit vectors."""
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+RULES = ("reynolds", "vicsek", "couzin")
+
+
+def make_rule(name: str, **params: Any) -> Rule:
+    """Builds a rule by name with its parameters; unknown names or parameters raise ValueError."""
+    import inspect
+
+    from swarm.couzin import Couzin
+    from swarm.reynolds import Reynolds
+    from swarm.vicsek import Vicsek
+
+    classes = {"reynolds": Reynolds, "vicsek": Vicsek, "couzin": Couzin}
+    if name not in classes:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {name!r}")
+    cls = classes[name]
+    allowed = [p for p in inspect.signature(cls).parameters]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for rule {name!r} (allowed: {', '.join(allowed)})")
+    return cls(**params)
