@@ -1,0 +1,1 @@
+"""Cluster coordination capabilities: gang scheduling (simulated) and Ray placement groups."""

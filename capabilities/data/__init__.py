@@ -1,0 +1,1 @@
+"""Data capabilities: the MapReduce shuffle and the retrieve-then-rank funnel."""
