@@ -1,0 +1,129 @@
+"""Runs SecureFedAvg on Flower's deployment engine (SuperLink + SuperNodes) on this machine.
+
+::
+
+    python -m federated.secure_deploy --supernodes 3 --rounds 2
+
+Reuses :class:`federated.deploy.LocalFederation` (processes on 127.0.0.1, free ports, every
+process group stopped in ``finally``) and submits a small Flower project, written to the work
+folder, whose components are the secure ServerApp and ClientApp of this package. Each round
+is read back from the ServerApp's checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from federated.checkpoint import load_server_checkpoint
+from federated.deploy import CONNECTION, DeploymentError, LocalFederation, _bin, _run_config_args
+from federated.secure_fedavg import SecAggParams, split_run_config
+from federated.settings import FedSettings
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def write_project(folder: Path, run_config: dict[str, Any]) -> Path:
+    """A Flower project whose components are the secure apps and whose config holds every key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = "\n".join(f"{k} = {_toml_value(v)}" for k, v in run_config.items())
+    (folder / "pyproject.toml").write_text(f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "agora-secagg"
+version = "1.0.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "agora"
+
+[tool.flwr.app.components]
+serverapp = "federated.secure_server_app:app"
+clientapp = "federated.secure_client_app:app"
+
+[tool.flwr.app.config]
+{config}
+""")
+    (folder / "secagg_app.py").write_text('"""The components live in the installed agora package (federated.secure_*)."""\n')
+    return folder
+
+
+def deploy_secure(overrides: dict[str, Any], *, workdir: str | Path | None = None,
+                  timeout: float = 600.0) -> dict[str, Any]:
+    """Runs the secure apps with ``overrides`` on ``num-partitions`` SuperNodes.
+
+    Returns:
+        ``{"history": [one record per round]}`` as :func:`run_secure_rounds` records them.
+
+    Raises:
+        DeploymentError: The run stopped before its last round; every process is stopped first.
+    """
+    rest, params = split_run_config(overrides)
+    settings = FedSettings.from_run_config(rest)
+    tmp = tempfile.mkdtemp(prefix="agora-secagg-deploy-") if workdir is None else None
+    work = Path(tmp or workdir).resolve()
+    if not settings.checkpoint_dir:
+        settings = settings.replace(checkpoint_dir=str(work / "checkpoints"))
+    run_config = {**settings.to_run_config(), **params.to_run_config()}
+    project = write_project(work / "project", run_config)
+    try:
+        with LocalFederation(settings.num_partitions, work) as fed:
+            argv = [_bin("flwr"), "run", str(project), CONNECTION, "--stream",
+                    "--run-config", _run_config_args(run_config)]
+            with (work / "flwr-run.log").open("wb") as log:
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=fed.env, cwd=work,
+                                        start_new_session=True)
+                fed.procs.append(proc)
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    raise DeploymentError(f"`flwr run` did not finish within {timeout:.0f} s; log:\n"
+                                          f"{fed.tail('flwr-run')}") from None
+            state = load_server_checkpoint(settings.checkpoint_dir)
+            last = -1 if state is None else state["round"]
+            if proc.returncode != 0 or last < settings.num_server_rounds:
+                raise DeploymentError(f"secure deployment run stopped after round {max(last, 0)} of "
+                                      f"{settings.num_server_rounds} (exit code {proc.returncode}); log:\n"
+                                      f"{fed.tail('flwr-run', 4000)}")
+            return {"history": state["history"]}
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m federated.secure_deploy --supernodes N --rounds R``."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--supernodes", type=int, default=3, help="SuperNodes (clients), >= 2")
+    p.add_argument("--rounds", type=int, default=2, help="FedAvg rounds, >= 1")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole run")
+    p.add_argument("--workdir", default=None, help="keep logs here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    if args.supernodes < 2 or args.rounds < 1:
+        p.error("--supernodes must be >= 2 and --rounds >= 1")
+    overrides = {"num-server-rounds": args.rounds, "num-partitions": args.supernodes, "fraction-evaluate": 0.0,
+                 "hidden": 16, **SecAggParams().to_run_config()}
+    result = deploy_secure(overrides, workdir=args.workdir, timeout=args.timeout)
+    for rec in result["history"]:
+        print(json.dumps({k: v for k, v in rec.items() if k != "timing"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

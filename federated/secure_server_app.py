@@ -1,0 +1,222 @@
+"""The ServerApp for secure FedAvg, and a runner on Flower's simulation engine.
+
+``mode`` chooses what each round aggregates: ``secure`` (SecureFedAvg only), ``plain``
+(Flower's built-in FedAvg only), ``both``: from the same global model, one FedAvg round
+and one secure round, the difference recorded against the stated quantization bound, and the
+run continuing from the secure result; or ``side_by_side``: two independent runs in one
+simulation, one aggregated securely and one plainly, each from its own global model. Clients train deterministically (seeded by round and
+partition), so in ``both`` the two aggregates average identical client updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from federated.secure_fedavg import SecAggParams, SecureFedAvg, exchange, split_run_config
+
+Mode = Literal["secure", "plain", "both", "side_by_side"]
+MODES = ("secure", "plain", "both", "side_by_side")
+Evaluate = Callable[[dict[str, np.ndarray]], tuple[float, float]]
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def _to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
+
+
+def _to_arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
+    from flwr.app import Array
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+def run_secure_rounds(grid: Grid, initial: dict[str, np.ndarray], num_rounds: int, params: SecAggParams,
+                      mode: Mode = "secure", evaluate: Evaluate | None = None, timeout: float = 600.0,
+                      on_round: RoundCallback | None = None) -> dict[str, Any]:
+    """Runs ``num_rounds`` FedAvg rounds on ``grid``, aggregated securely, plainly, or both.
+
+    Args:
+        grid: Flower's Grid.
+        initial: The initial global model.
+        num_rounds: Rounds to run.
+        params: Secure-aggregation parameters.
+        mode: ``secure``, ``plain``, ``both`` or ``side_by_side`` (see the module docstring).
+        evaluate: Optional ``weights -> (test_loss, test_acc)``.
+        timeout: Seconds to wait for each message round.
+        on_round: Called with each round's record.
+
+    Returns:
+        ``{"weights": final weights, "history": [one record per round]}``; a record has
+        ``round``, ``train_loss``, ``test_loss``, ``test_acc``, ``survivors``, ``dropped`` and,
+        in ``both`` mode, ``max_abs_diff`` and ``error_bound``; in ``side_by_side`` mode the
+        plain run's ``plain_test_acc`` and ``plain_train_loss``; wall-clock numbers sit under
+        ``timing``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    secure = SecureFedAvg(params, timeout=timeout, min_available_nodes=2, min_train_nodes=2)
+    plain = FedAvg(min_available_nodes=2, min_train_nodes=2)
+    weights, plain_track, history = initial, initial, []
+    for server_round in range(1, num_rounds + 1):
+        record: dict[str, Any] = {"round": server_round, "timing": {}}
+        arrays = _to_arrays(weights)
+        plain_weights = None
+        if mode != "secure":
+            t0 = time.perf_counter()
+            start = _to_arrays(plain_track) if mode == "side_by_side" else arrays
+            replies = exchange(grid, list(plain.configure_train(server_round, start, ConfigRecord(), grid)), timeout)
+            # Float sums depend on order: sort the replies by content so a run repeats exactly.
+            replies.sort(key=lambda m: (m.has_error(), _reply_key(m)))
+            out, metrics = plain.aggregate_train(server_round, replies)
+            record["timing"]["plain_round_seconds"] = time.perf_counter() - t0
+            if out is None:
+                raise RuntimeError(f"round {server_round}: no client returned an update within {timeout:g} s")
+            plain_weights = _to_numpy(out)
+            record["train_loss"] = float(metrics["train_loss"]) if metrics and "train_loss" in metrics else None
+            if mode == "side_by_side":
+                plain_track = plain_weights
+                record["plain_train_loss"] = record.pop("train_loss")
+                if evaluate is not None:
+                    record["plain_test_loss"], record["plain_test_acc"] = evaluate(plain_track)
+        if mode != "plain":
+            t0 = time.perf_counter()
+            replies = exchange(grid, list(secure.configure_train(server_round, arrays, ConfigRecord(), grid)), timeout)
+            out, metrics = secure.aggregate_train(server_round, replies)
+            record["timing"]["secure_round_seconds"] = time.perf_counter() - t0
+            record["timing"].update({f"secure_{k}_seconds": v for k, v in secure.last_round.seconds.items()})
+            assert out is not None and metrics is not None
+            weights = _to_numpy(out)
+            record.update(train_loss=float(metrics["train_loss"]), survivors=secure.last_round.survivors,
+                          dropped=secure.last_round.dropped, error_bound=secure.last_round.error_bound,
+                          server_bytes=secure.last_round.server_bytes_in + secure.last_round.server_bytes_out)
+            if plain_weights is not None and mode == "both":
+                record["max_abs_diff"] = max(float(np.max(np.abs(weights[k].astype(np.float64) - plain_weights[k])))
+                                             for k in weights)
+        else:
+            weights = plain_weights  # type: ignore[assignment]
+        if evaluate is not None:
+            record["test_loss"], record["test_acc"] = evaluate(weights)
+        history.append(record)
+        if on_round:
+            on_round(record)
+    return {"weights": weights, "history": history}
+
+
+def _reply_key(msg: Any) -> tuple[float, float]:
+    if msg.has_error():
+        return (0.0, 0.0)
+    metrics = msg.content["metrics"]
+    return (float(metrics["num-examples"]), float(metrics["train_loss"]))
+
+
+def make_secure_server_app(overrides: dict[str, Any] | None = None, mode: Mode = "secure",
+                           sink: list[dict[str, Any]] | None = None, on_round: RoundCallback | None = None,
+                           initial: dict[str, np.ndarray] | None = None, evaluate: bool = True) -> ServerApp:
+    """A ServerApp running :func:`run_secure_rounds` on federated.task's model.
+
+    Args:
+        overrides: Run-config keys (FedSettings keys and ``secagg-*`` keys) that win over the context's.
+        mode: ``secure``, ``plain`` or ``both``.
+        sink: If given, the result is appended to it.
+        on_round: Called with each round's record.
+        initial: A model to start from instead of federated.task's (the benchmark's synthetic one).
+        evaluate: Evaluate each round's model on the held-out test split.
+    """
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from federated.server_app import evaluate_global
+        from federated.settings import FedSettings
+        from federated.task import get_weights, load_model, weights_to_numpy
+
+        rest, params = split_run_config({**dict(context.run_config), **(overrides or {})})
+        settings = FedSettings.from_run_config(rest)
+        start = initial if initial is not None else weights_to_numpy(
+            get_weights(load_model(settings.dataset, settings.hidden, settings.seed)))
+        history: list[dict[str, Any]] = []
+
+        def record(rec: dict[str, Any]) -> None:
+            # Under the deployment engine the checkpoint is how the launcher reads the rounds.
+            history.append(rec)
+            if settings.checkpoint_dir:
+                from federated.checkpoint import save_server_checkpoint
+
+                save_server_checkpoint(settings.checkpoint_dir, rec["round"], {}, history)
+            if on_round:
+                on_round(rec)
+
+        result = run_secure_rounds(grid, start, settings.num_server_rounds, params, mode,
+                                   evaluate=(lambda w: evaluate_global(settings, w)) if evaluate else None,
+                                   timeout=settings.round_timeout, on_round=record)
+        if sink is not None:
+            sink.append(result)
+
+    return server_app
+
+
+def simulate_secure(overrides: dict[str, Any], num_supernodes: int, mode: Mode = "secure", *, num_cpus: int = 2,
+                    on_round: RoundCallback | None = None, local_train: Any = None,
+                    initial: dict[str, np.ndarray] | None = None, evaluate: bool = True,
+                    verbose: bool = False) -> dict[str, Any]:
+    """Runs the secure ServerApp and ClientApp on Flower's simulation engine.
+
+    Args:
+        overrides: The run config (FedSettings keys and ``secagg-*`` keys).
+        num_supernodes: Virtual SuperNodes (clients).
+        mode: ``secure``, ``plain`` or ``both``.
+        num_cpus: CPUs Ray may use (one per ClientApp actor).
+        on_round: Called with each round's record.
+        local_train: Replaces the default local training (see make_secure_client_app).
+        initial: Replaces the initial model.
+        evaluate: Evaluate on the held-out test split after each round.
+        verbose: Keep Flower's INFO log.
+
+    Returns:
+        :func:`run_secure_rounds`' result.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation
+
+    from federated.secure_client_app import make_secure_client_app
+
+    sink: list[dict[str, Any]] = []
+    backend_config: dict[str, Any] = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        # address="local": always a private Ray instance, even when another one runs on this host.
+        "init_args": {"address": "local", "num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False,
+                      "logging_level": "ERROR", "log_to_driver": verbose},
+    }
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        run_simulation(
+            server_app=make_secure_server_app(overrides, mode, sink, on_round, initial, evaluate),
+            client_app=make_secure_client_app(overrides, local_train),
+            num_supernodes=num_supernodes,
+            backend_config=backend_config,  # type: ignore[arg-type]
+        )
+    finally:
+        flwr_logger.setLevel(level)
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    if not sink:
+        raise RuntimeError("the simulation ended without a result from the ServerApp (see Flower's log)")
+    return sink[0]
+
+
+app = make_secure_server_app()

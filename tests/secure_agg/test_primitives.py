@@ -1,0 +1,96 @@
+"""The building blocks against their references: PRG, key agreement, AEAD, wire codec, graph, quantizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from scipy.stats import chisquare
+
+from secure_agg import Quantization, SecAggError, crypto, default_degree, random_harary_graph
+from secure_agg.prg import MaskGenerator
+from secure_agg.randomness import RandomSource
+from secure_agg.wire import decode, encode, pack_blobs, unpack_blobs
+
+
+def test_prg_is_the_aes_ctr_keystream_reduced_mod_2_bits() -> None:
+    seed = bytes(range(32))
+    stream = Cipher(algorithms.AES(seed[:16]), modes.CTR(bytes(16))).encryptor().update(bytes(4 * 1000))
+    ref = np.frombuffer(stream, dtype=np.uint32)
+    assert np.array_equal(MaskGenerator(1000, 32).mask(seed), ref)
+    assert np.array_equal(MaskGenerator(1000, 20).mask(seed), ref & np.uint32(2**20 - 1))
+    ref64 = np.frombuffer(Cipher(algorithms.AES(seed[:16]), modes.CTR(bytes(16))).encryptor().update(bytes(8000)), dtype=np.uint64)
+    assert np.array_equal(MaskGenerator(1000, 64).mask(seed), ref64)
+    acc = np.zeros(1000, dtype=np.uint32)
+    gen = MaskGenerator(1000, 32)
+    gen.add(acc, seed)
+    gen.add(acc, seed, -1)
+    assert not acc.any()
+    counts = np.bincount(MaskGenerator(80000, 12).mask(bytes(32)) >> np.uint32(8), minlength=16)
+    assert chisquare(counts).pvalue > 1e-4
+
+
+def test_pairwise_seeds_agree_and_differ_by_purpose() -> None:
+    session = b"s" * 16
+    a, b = RandomSource(1).bytes(32), RandomSource(2).bytes(32)
+    ka, kb = crypto.KeyAgreement(a, session), crypto.KeyAgreement(b, session)
+    seed_ab = ka.mask_seed(3, 9, crypto.public_key(b))
+    assert seed_ab == kb.mask_seed(9, 3, crypto.public_key(a))
+    assert seed_ab != ka.channel_key(3, 9, crypto.public_key(b))
+    assert seed_ab != crypto.KeyAgreement(a, b"t" * 16).mask_seed(3, 9, crypto.public_key(b))
+
+
+def test_aead_binds_round_and_both_ids() -> None:
+    key, rng = bytes(32), RandomSource(0)
+    ct = crypto.encrypt(key, b"share", crypto.associated_data(b"s", "share_keys", 1, 2), rng)
+    assert crypto.decrypt(key, ct, crypto.associated_data(b"s", "share_keys", 1, 2)) == b"share"
+    for aad in (crypto.associated_data(b"s", "share_keys", 2, 1), crypto.associated_data(b"s", "unmasking", 1, 2),
+                crypto.associated_data(b"x", "share_keys", 1, 2)):
+        with pytest.raises(SecAggError, match="authentication failed"):
+            crypto.decrypt(key, ct, aad)
+
+
+def test_wire_roundtrip_and_malformed_input() -> None:
+    obj = {"a": [1, -2**70, None, True], 5: b"\x00\xff", "arr": np.arange(5, dtype=np.uint32), "s": "é"}
+    back = decode(encode(obj))
+    assert back["a"] == obj["a"] and back[5] == obj[5] and back["s"] == obj["s"]
+    assert back["arr"].dtype == np.uint32 and np.array_equal(back["arr"], obj["arr"])
+    data = encode(obj)
+    with pytest.raises(SecAggError, match="truncated"):
+        decode(data[:-3])
+    with pytest.raises(SecAggError, match="trailing"):
+        decode(data + b"\x00")
+    blobs = {4: b"abc", 1: b"", 9: b"zz"}
+    assert unpack_blobs(pack_blobs(blobs)) == blobs
+    assert unpack_blobs(pack_blobs({})) == {}
+
+
+@pytest.mark.parametrize(("n", "k"), [(10, 4), (12, 3), (101, 8), (7, 6)])
+def test_harary_graph_is_k_regular_and_symmetric(n: int, k: int) -> None:
+    graph = random_harary_graph(list(range(n)), k, RandomSource(n))
+    assert all(len(vs) == k and u not in vs for u, vs in graph.items())
+    assert all(u in graph[v] for u, vs in graph.items() for v in vs)
+    assert graph != random_harary_graph(list(range(n)), k, RandomSource(n + 1)) or k == n - 1
+    assert default_degree(10_000) == 14
+
+
+def test_quantizer_cannot_wrap_and_states_its_bound() -> None:
+    q = Quantization(clip=1.0, bits=16).for_clients(7)
+    assert round(2 * q.clip * q.scale) * 7 <= 2**16 - 1
+    x = np.linspace(-1.5, 1.5, 31)
+    words = q.quantize(x)
+    assert words.min() == 0 and int(words.max()) == (2**16 - 1) // 7
+    assert np.max(np.abs(q.dequantize(words, 1) - np.clip(x, -1, 1))) <= q.error_bound(1)
+    with pytest.raises(SecAggError, match="too small"):
+        Quantization(clip=1.0, bits=4).for_clients(100)
+    with pytest.raises(SecAggError, match="NaN"):
+        q.quantize(np.array([np.nan]))
+
+
+def test_hkdf_matches_the_cryptography_reference() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    for ikm, salt, info, length in ((b"k" * 32, b"s" * 16, b"mask", 32), (b"x", b"", b"", 80)):
+        ref = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
+        assert crypto.hkdf_sha256(ikm, salt, info, length) == ref
