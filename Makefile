@@ -10,7 +10,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := Agg
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install clean browser
 
 # Re-installs only when the declared dependencies change.
 $(STAMP): pyproject.toml constraints.txt
@@ -21,11 +21,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The Solara app test (tests/swarm/test_app.py) drives Debian's headless Chromium.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: chromium could not be installed; tests/swarm/test_app.py will not run"
+
 demo: $(STAMP)
 	$(BIN)/python -m experiments run tour --out runs/tour-$$(date +%Y%m%d-%H%M%S)
 	@echo "gallery page:" && ls -t runs/tour-*/gallery.html | head -n 1 | xargs realpath
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
