@@ -141,7 +141,7 @@ def _execute(
     t0 = time.perf_counter()
     try:
         headline = spec.run(cfg, ctx) or {}
-    except (KeyboardInterrupt, _Terminated) as exc:
+    except (KeyboardInterrupt, _Terminated, SystemExit) as exc:  # Flower turns SIGTERM into SystemExit
         summary.update(status="interrupted", error=str(exc) or "interrupted")
         raise
     except BaseException as exc:

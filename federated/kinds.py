@@ -1,0 +1,209 @@
+"""Experiment kind ``federated``: Flower FedAvg on non-IID partitions, one curve per partitioning.
+
+For each partitioning (IID, Dirichlet alpha, pathological k classes) the same ServerApp and
+ClientApp run on Flower's simulation engine (or the deployment engine, ``engine:
+deployment``); every round's train loss, centralized test accuracy, replies and failures go
+to metrics.jsonl, round times to timings.jsonl. A centralized model trained on the union of
+the clients' data is the reference line. Figures: test accuracy per round, and the label
+distribution of every client.
+
+Resume: the ServerApp checkpoints each round into ``checkpoints/fedavg-LABEL/``; `resume`
+continues the interrupted partitioning from its last round and skips finished ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from experiments import ExperimentConfig, RunContext, Section, register_kind
+from federated.settings import FedSettings
+
+
+class Partitioning(Section):
+    """How the training split is divided among the clients."""
+
+    partitioner: Literal["iid", "dirichlet", "pathological"] = Field(
+        "dirichlet", description="iid, dirichlet (label skew by alpha) or pathological (k labels per client).")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
+    classes_per_client: int = Field(2, ge=1, description="Labels per client (pathological).")
+
+    @property
+    def label(self) -> str:
+        if self.partitioner == "dirichlet":
+            return f"dirichlet-{self.alpha:g}"
+        if self.partitioner == "pathological":
+            return f"pathological-{self.classes_per_client}"
+        return "iid"
+
+
+def _default_partitionings() -> list[Partitioning]:
+    return [Partitioning(partitioner="iid"), Partitioning(partitioner="dirichlet", alpha=0.5),
+            Partitioning(partitioner="dirichlet", alpha=0.1),
+            Partitioning(partitioner="pathological", classes_per_client=2)]
+
+
+_D = FedSettings()  # the run defaults live in FedSettings only
+
+
+class FedAvgConfig(ExperimentConfig):
+    """FedAvg with ``num_clients`` clients for ``rounds`` rounds on each partitioning."""
+
+    dataset: Literal["digits", "breast_cancer"] = Field(_D.dataset, description="scikit-learn dataset.")
+    num_clients: int = Field(_D.num_partitions, ge=1, description="Clients (SuperNodes), one partition each.")
+    rounds: int = Field(30, ge=1, description="FedAvg rounds per partitioning.")
+    partitionings: list[Partitioning] = Field(default_factory=_default_partitionings,
+                                              description="One federated run per entry.")
+    local_epochs: int = Field(_D.local_epochs, ge=1, description="Local epochs per round.")
+    batch_size: int = Field(_D.batch_size, ge=1, description="Client mini-batch size.")
+    lr: float = Field(_D.lr, gt=0, description="Client SGD learning rate.")
+    hidden: int = Field(_D.hidden, ge=1, description="Hidden units of the MLP.")
+    fraction_evaluate: float = Field(0.0, ge=0, le=1,
+                                     description="Fraction of clients evaluating on their own data each round.")
+    min_replies: int = Field(_D.min_replies, ge=1, description="Fewest successful replies a round accepts.")
+    round_timeout: float = Field(_D.round_timeout, gt=0, description="Seconds the server waits for a round's replies.")
+    faults: str = Field(_D.faults, description="Injected client faults 'ROUND:CLIENT:MODE,...' (raise, exit, hang).")
+    engine: Literal["simulation", "deployment"] = Field("simulation", description="Flower engine.")
+    num_cpus: int = Field(2, ge=1, description="CPUs for the simulation engine's Ray.")
+    centralized_reference: bool = Field(True, description="Train on the union of the data as a reference.")
+    target_accuracy: float = Field(0.95, gt=0, le=1, description="Accuracy for the rounds-to-target count.")
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> FedAvgConfig:
+        # Every run's settings are built (and so checked) before any process starts.
+        for p in self.partitionings:
+            self.settings_for(p, "")
+        labels = [p.label for p in self.partitionings]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"partitionings must be distinct, got {labels}")
+        return self
+
+    def settings_for(self, p: Partitioning, checkpoint_dir: str) -> FedSettings:
+        """The Flower run settings of partitioning ``p``."""
+        return FedSettings(
+            num_server_rounds=self.rounds, num_partitions=self.num_clients, dataset=self.dataset,
+            partitioner=p.partitioner, alpha=p.alpha, classes_per_client=p.classes_per_client,
+            hidden=self.hidden, local_epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+            seed=self.seed, fraction_evaluate=self.fraction_evaluate, min_replies=self.min_replies,
+            round_timeout=self.round_timeout, checkpoint_dir=checkpoint_dir, resume=True, faults=self.faults)
+
+
+def centralized_curve(cfg: FedAvgConfig) -> list[float]:
+    """Test accuracy after each of ``rounds * local_epochs`` epochs of training on the union."""
+    import torch
+
+    from federated.task import load_model, load_test_data, load_union_data, test, train
+
+    torch.set_num_threads(1)
+    model = load_model(cfg.dataset, cfg.hidden, cfg.seed)
+    test_loader = load_test_data(cfg.dataset)
+    accs = []
+    for epoch in range(cfg.rounds * cfg.local_epochs):
+        train(model, load_union_data(cfg.dataset, batch_size=cfg.batch_size, shuffle_seed=cfg.seed * 7919 + epoch),
+              1, cfg.lr)
+        accs.append(test(model, test_loader)[1])
+    return accs
+
+
+def rounds_to(history: list[dict[str, Any]], target: float) -> int | None:
+    """The first round whose test accuracy reaches ``target`` (None if none does)."""
+    return next((int(h["round"]) for h in history if h["test_acc"] >= target), None)
+
+
+@register_kind("federated", FedAvgConfig, axis="training",
+               description="Flower FedAvg on IID / Dirichlet / pathological partitions vs a centralized model")
+def run_federated(cfg: FedAvgConfig, ctx: RunContext) -> dict[str, Any]:
+    from federated.task import label_counts, partition_indices
+
+    done: dict[str, Any] = dict(ctx.resume_state or {})
+    if cfg.centralized_reference and "centralized" not in done:
+        curve = centralized_curve(cfg)
+        for epoch, acc in enumerate(curve, start=1):
+            ctx.log(partitioning="centralized", epoch=epoch, test_acc=acc)
+        done["centralized"] = curve
+        ctx.save_checkpoint(done)
+    for p in ctx.progress(cfg.partitionings, description="federated"):
+        if p.label in done:
+            continue
+        ckdir = ctx.path / "checkpoints" / f"fedavg-{p.label}"
+        settings = cfg.settings_for(p, str(ckdir))
+
+        def report(rec: dict[str, Any], label: str = p.label) -> None:
+            ctx.info(f"{label} round {rec['round']}: test_acc {rec['test_acc']:.4f} "
+                     f"replies {rec['replies']} failures {rec['failures']}")
+
+        result = _run_engine(cfg, settings, report)
+        for rec in result["history"]:
+            ctx.log(partitioning=p.label, **{k: v for k, v in rec.items() if k != "timing"})
+            if rec["timing"]:
+                ctx.log_timing(partitioning=p.label, round=rec["round"], **rec["timing"])
+        done[p.label] = [{k: v for k, v in rec.items() if k != "timing"} for rec in result["history"]]
+        ctx.save_checkpoint(done)
+
+    counts = {p.label: label_counts(cfg.dataset, partition_indices(
+        cfg.dataset, cfg.num_clients, p.partitioner, p.alpha, p.classes_per_client, cfg.seed))
+        for p in cfg.partitionings}
+    _figures(cfg, ctx, done, counts)
+    headline: dict[str, Any] = {}
+    for p in cfg.partitionings:
+        hist = done[p.label]
+        headline[f"{p.label}_final_acc"] = hist[-1]["test_acc"]
+        headline[f"{p.label}_rounds_to_{round(cfg.target_accuracy * 100)}"] = rounds_to(hist, cfg.target_accuracy)
+        headline[f"{p.label}_failures"] = sum(h["failures"] for h in hist)
+    if cfg.centralized_reference:
+        headline["centralized_final_acc"] = done["centralized"][-1]
+    return headline
+
+
+def _run_engine(cfg: FedAvgConfig, settings: FedSettings, report: Any) -> dict[str, Any]:
+    if cfg.engine == "simulation":
+        from federated.simulation import simulate
+
+        return simulate(settings, num_cpus=cfg.num_cpus, on_round=report)
+    from federated.deploy import deploy
+
+    result = deploy(settings, timeout=cfg.round_timeout * (cfg.rounds + 2) + 120)
+    for rec in result["history"]:
+        report(rec)
+    return result
+
+
+def _figures(cfg: FedAvgConfig, ctx: RunContext, done: dict[str, Any], counts: dict[str, np.ndarray]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for p in cfg.partitionings:
+        hist = done[p.label]
+        ax.plot([h["round"] for h in hist], [h["test_acc"] for h in hist], marker="o", ms=2.5, label=p.label)
+    if cfg.centralized_reference:
+        curve = done["centralized"]
+        epochs_per_round = cfg.local_epochs
+        ax.plot(np.arange(1, len(curve) + 1) / epochs_per_round, curve, "k--", lw=1.2,
+                label=f"centralized (final {curve[-1]:.3f})")
+    ax.axhline(cfg.target_accuracy, color="grey", ls=":", lw=1, label=f"target {cfg.target_accuracy:.0%}")
+    ax.set(xlabel="round (centralized: epochs / local epochs)", ylabel="test accuracy", ylim=(0, 1.02),
+           title=f"FedAvg, {cfg.num_clients} clients on {cfg.dataset} ({cfg.engine} engine)")
+    ax.legend(fontsize=8, loc="lower right")
+    ctx.save_figure(fig, "accuracy_per_round")
+
+    n = len(counts)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
+    for ax, (label, mat) in zip(axes[0], counts.items(), strict=True):
+        bottom = np.zeros(mat.shape[0])
+        cmap = plt.get_cmap("tab10" if mat.shape[1] <= 10 else "tab20")
+        for c in range(mat.shape[1]):
+            ax.bar(np.arange(mat.shape[0]), mat[:, c], bottom=bottom, color=cmap(c % cmap.N), width=0.85,
+                   label=str(c))
+            bottom += mat[:, c]
+        ax.set(title=label, xlabel="client", ylabel="samples" if ax is axes[0][0] else None)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes[0][-1].legend(title="label", fontsize=6, title_fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(f"Label distribution per client ({cfg.dataset})", y=1.04)
+    ctx.save_figure(fig, "label_distribution")
+

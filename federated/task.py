@@ -1,0 +1,327 @@
+"""The federated task: a small MLP, scikit-learn's datasets, non-IID partitions, train and test.
+
+Everything here is a plain function so the ClientApp, the ServerApp, the benchmarks and the
+secure-aggregation apps share one definition of the model and the data::
+
+    model = load_model("digits")
+    loader = load_data("digits", partition_id=0, num_partitions=10, partitioner="dirichlet",
+                       alpha=0.5, seed=0, shuffle_seed=7)
+    loss = train(model, loader, epochs=1, lr=0.05)
+    test_loss, test_acc = test(model, load_test_data("digits"))
+    arrays = get_weights(model)            # an flwr ArrayRecord
+    set_weights(model, arrays)
+
+The data never leaves the package: ``load_digits`` and ``load_breast_cancer`` ship inside
+scikit-learn. Partitions come from flwr-datasets partitioners applied to an in-memory
+``datasets.Dataset`` of the training split; the test split stays on the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+# flwr-datasets imports huggingface_hub; nothing here may reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+DATASETS = ("digits", "breast_cancer")
+PARTITIONERS = ("iid", "dirichlet", "pathological")
+TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Split:
+    """One dataset split into a training part (partitioned) and a held-out test part."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def check_dataset(dataset: str) -> None:
+    """Raises ValueError naming ``dataset`` and the allowed values when it is unknown."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+
+
+@lru_cache(maxsize=4)
+def load_split(dataset: str, split_seed: int = 0) -> Split:
+    """The stratified train/test split of ``dataset`` (80/20), features scaled.
+
+    Args:
+        dataset: ``digits`` (1797 8x8 images, 10 classes) or ``breast_cancer`` (569 samples,
+            30 features, 2 classes).
+        split_seed: Seed of the train/test shuffle. Default 0.
+
+    Returns:
+        The split, float32 features and int64 labels. Digits are scaled to [0, 1]; breast
+        cancer features are standardized with the training part's mean and deviation.
+    """
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.model_selection import train_test_split
+
+    check_dataset(dataset)
+    bunch = load_digits() if dataset == "digits" else load_breast_cancer()
+    x = np.asarray(bunch.data, dtype=np.float64)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=TEST_FRACTION, stratify=y, random_state=split_seed
+    )
+    if dataset == "digits":
+        x_tr, x_te = x_tr / 16.0, x_te / 16.0
+    else:
+        mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-8
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    return Split(x_tr.astype(np.float32), y_tr, x_te.astype(np.float32), y_te,
+                 int(y.max()) + 1)
+
+
+def check_partition_args(
+    dataset: str,
+    num_partitions: int,
+    partitioner: str,
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+) -> None:
+    """Validates partitioning arguments before any process starts.
+
+    Raises:
+        ValueError: naming the parameter and its allowed values or range.
+    """
+    check_dataset(dataset)
+    if partitioner not in PARTITIONERS:
+        raise ValueError(f"partitioner must be one of {', '.join(PARTITIONERS)}, got {partitioner!r}")
+    split = load_split(dataset)
+    n = len(split.y_train)
+    if not 1 <= num_partitions <= n:
+        raise ValueError(
+            f"num_partitions must be in [1, {n}] (the {dataset} training split has {n} samples), "
+            f"got {num_partitions}"
+        )
+    if partitioner == "dirichlet" and not alpha > 0:
+        raise ValueError(f"alpha must be > 0 for the dirichlet partitioner, got {alpha}")
+    if partitioner == "pathological" and not 1 <= classes_per_client <= split.num_classes:
+        raise ValueError(
+            f"classes_per_client must be in [1, {split.num_classes}] for {dataset}, got {classes_per_client}"
+        )
+
+
+@lru_cache(maxsize=16)
+def partition_indices(
+    dataset: str,
+    num_partitions: int,
+    partitioner: str = "iid",
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    seed: int = 0,
+    min_partition_size: int = 2,
+) -> tuple[np.ndarray, ...]:
+    """Indices into the training split held by each partition, from flwr-datasets.
+
+    Args:
+        dataset: One of :data:`DATASETS`.
+        num_partitions: Number of clients.
+        partitioner: ``iid`` (IidPartitioner on a shuffled copy), ``dirichlet``
+            (DirichletPartitioner over the label with ``alpha``) or ``pathological``
+            (PathologicalPartitioner, ``classes_per_client`` labels per client).
+        alpha: Dirichlet concentration; smaller is more skewed. Default 0.5.
+        classes_per_client: Labels per client for ``pathological``. Default 2.
+        seed: Seed of the shuffle and of the partitioner's generator. Default 0.
+        min_partition_size: Smallest partition the Dirichlet partitioner accepts
+            (it resamples until met). Default 2.
+
+    Returns:
+        One sorted int64 index array per partition; together they cover every training
+        sample exactly once (the pathological partitioner drops none as long as every
+        label is assigned to some client).
+    """
+    import datasets
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
+    check_partition_args(dataset, num_partitions, partitioner, alpha, classes_per_client)
+    split = load_split(dataset)
+    # The IID partitioner cuts contiguous shards, so the rows are shuffled first.
+    order = np.random.default_rng(seed).permutation(len(split.y_train))
+    table = datasets.Dataset.from_dict({"idx": order.tolist(), "label": split.y_train[order].tolist()})
+    if partitioner == "iid":
+        part: Any = IidPartitioner(num_partitions=num_partitions)
+    elif partitioner == "dirichlet":
+        part = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=float(alpha),
+                                    min_partition_size=min_partition_size, self_balancing=False, seed=seed)
+    else:
+        part = PathologicalPartitioner(num_partitions=num_partitions, partition_by="label",
+                                       num_classes_per_partition=classes_per_client,
+                                       class_assignment_mode="first-deterministic", seed=seed)
+    part.dataset = table
+    out = []
+    for pid in range(num_partitions):
+        out.append(np.sort(np.asarray(part.load_partition(pid)["idx"], dtype=np.int64)))
+    return tuple(out)
+
+
+def label_counts(dataset: str, indices: tuple[np.ndarray, ...]) -> np.ndarray:
+    """A (num_partitions, num_classes) matrix of label counts per partition."""
+    split = load_split(dataset)
+    return np.stack([np.bincount(split.y_train[ix], minlength=split.num_classes) for ix in indices])
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 31-bit seed from ``parts`` (run seed, round, partition id, ...).
+
+    Python's ``hash`` is salted per process; clients run in other processes, so the seed is
+    derived from a digest instead.
+    """
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def load_data(
+    dataset: str,
+    partition_id: int,
+    num_partitions: int,
+    partitioner: str = "iid",
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+    shuffle_seed: int = 0,
+) -> DataLoader:
+    """A shuffling DataLoader over one client's partition.
+
+    Args:
+        dataset, num_partitions, partitioner, alpha, classes_per_client, seed:
+            As in :func:`partition_indices` (``seed`` fixes the partition).
+        partition_id: Which client, in ``[0, num_partitions)``.
+        batch_size: Mini-batch size. Default 32.
+        shuffle_seed: Seed of this loader's batch order (vary it per round). Default 0.
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition_id must be in [0, {num_partitions}), got {partition_id}")
+    ix = partition_indices(dataset, num_partitions, partitioner, float(alpha), classes_per_client, seed)[partition_id]
+    split = load_split(dataset)
+    data = TensorDataset(torch.from_numpy(split.x_train[ix]), torch.from_numpy(split.y_train[ix]))
+    gen = torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
+
+
+def load_test_data(dataset: str, batch_size: int = 512) -> DataLoader:
+    """The held-out test split (the server's centralized evaluation set)."""
+    split = load_split(dataset)
+    data = TensorDataset(torch.from_numpy(split.x_test), torch.from_numpy(split.y_test))
+    return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def load_union_data(dataset: str, *, batch_size: int = 32, shuffle_seed: int = 0) -> DataLoader:
+    """The whole training split in one loader: the centralized reference's data."""
+    split = load_split(dataset)
+    data = TensorDataset(torch.from_numpy(split.x_train), torch.from_numpy(split.y_train))
+    return DataLoader(data, batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(shuffle_seed))
+
+
+class Net(nn.Module):
+    """A one-hidden-layer MLP: features -> hidden (ReLU) -> class logits."""
+
+    def __init__(self, num_features: int, num_classes: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(num_features, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def load_model(dataset: str = "digits", hidden: int = 64, seed: int = 0) -> Net:
+    """A freshly initialized :class:`Net` sized for ``dataset``, its weights fixed by ``seed``."""
+    split = load_split(dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Net(split.num_features, split.num_classes, hidden)
+
+
+def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float, device: str = "cpu") -> float:
+    """Trains ``model`` in place with SGD (momentum 0.9) and returns the mean training loss.
+
+    Args:
+        model: The model to train.
+        loader: Batches of (features, labels).
+        epochs: Passes over ``loader``.
+        lr: Learning rate.
+        device: ``cpu`` or a torch device string.
+
+    Returns:
+        Mean cross-entropy over every batch of every epoch.
+    """
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    total, batches = 0.0, 0
+    for _ in range(epochs):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            total += float(loss.item())
+            batches += 1
+    return total / max(batches, 1)
+
+
+@torch.no_grad()
+def test(model: nn.Module, loader: DataLoader, device: str = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``loader``."""
+    model.to(device).eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss += float(loss_fn(logits, y).item())
+        correct += int((logits.argmax(1) == y).sum().item())
+        n += len(y)
+    return loss / max(n, 1), correct / max(n, 1)
+
+
+def get_weights(model: nn.Module) -> Any:
+    """The model's state dict as an ``flwr.app.ArrayRecord`` (copied to CPU)."""
+    from flwr.app import ArrayRecord
+
+    return ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def set_weights(model: nn.Module, arrays: Any) -> None:
+    """Loads an ``ArrayRecord`` (as made by :func:`get_weights`) into ``model``."""
+    model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+
+
+def weights_to_numpy(arrays: Any) -> dict[str, np.ndarray]:
+    """An ``ArrayRecord`` as a plain dict of numpy arrays (picklable, comparable)."""
+    return {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
+
+
+def numpy_to_weights(weights: dict[str, np.ndarray]) -> Any:
+    """The inverse of :func:`weights_to_numpy`."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()})
