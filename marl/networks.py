@@ -1,0 +1,191 @@
+"""The actors, the critics and value normalization of MAPPO / IPPO.
+
+The split between what each network may see is structural, not a convention:
+
+* :class:`Actor` maps ``[..., N, obs_dim]`` to one action distribution per agent with weights
+  applied row by row, so agent i's action depends on its own observation only (plus its id
+  when parameters are shared);
+* :class:`CentralCritic` takes ``state [..., state_dim]`` (``env.state()``) and nothing else,
+  and returns one value per agent (agents may get different rewards);
+* :class:`LocalCritic` (IPPO) is shaped like the actor: agent i's value from its own
+  observation.
+
+:class:`AgentLinear` holds one weight matrix per agent, or a single one shared by all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class AgentLinear(nn.Module):
+    """A linear layer applied to each agent's row: ``[..., N, in] -> [..., N, out]``.
+
+    Args:
+        groups: 1 to share the weights between agents, else N (one weight matrix each).
+        in_features: Input width.
+        out_features: Output width.
+        gain: Orthogonal initialization gain.
+        generator: Generator of the initial weights (the caller's, for seeding).
+    """
+
+    def __init__(self, groups: int, in_features: int, out_features: int, gain: float = math.sqrt(2),
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.groups = groups
+        self.in_features = in_features
+        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(groups, out_features))
+        for g in range(groups):
+            w = torch.empty(out_features, in_features)
+            nn.init.orthogonal_(w, gain=gain, generator=generator)
+            self.weight.data[g] = w.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups == 1:
+            return x @ self.weight[0] + self.bias[0]
+        # x[..., n, :] @ weight[n]: an einsum keeps agents apart without a Python loop.
+        return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
+
+
+def agent_mlp(groups: int, in_features: int, hidden: int, out_features: int, out_gain: float,
+              generator: torch.Generator | None = None) -> nn.Sequential:
+    """Two tanh hidden layers of ``hidden`` units, per-agent weights when ``groups`` > 1."""
+    return nn.Sequential(
+        AgentLinear(groups, in_features, hidden, generator=generator),
+        nn.Tanh(),
+        AgentLinear(groups, hidden, hidden, generator=generator),
+        nn.Tanh(),
+        AgentLinear(groups, hidden, out_features, gain=out_gain, generator=generator),
+    )
+
+
+class _AgentInputs(nn.Module):
+    """Appends a one-hot agent id to each agent's row when parameters are shared."""
+
+    def __init__(self, num_agents: int, share_params: bool) -> None:
+        super().__init__()
+        self.num_agents = num_agents
+        self.share_params = share_params
+        self.register_buffer("ids", torch.eye(num_agents), persistent=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.share_params:
+            return obs
+        return torch.cat((obs, self.ids.to(obs.dtype).expand(*obs.shape[:-1], self.num_agents)), dim=-1)
+
+
+class Actor(nn.Module):
+    """Decentralized policies: agent i's action distribution from its own observation.
+
+    Args:
+        num_agents: N.
+        obs_dim: Width of one agent's observation.
+        act_dim: Discrete actions (logits) or continuous dimensions (Gaussian means).
+        continuous: Gaussian policy instead of a categorical one.
+        share_params: One network for every agent, told apart by a one-hot id.
+        hidden: Hidden width.
+        action_sizes: Valid actions (or dimensions) of each agent, <= act_dim; the rest are masked.
+        generator: Generator of the initial weights.
+    """
+
+    def __init__(self, num_agents: int, obs_dim: int, act_dim: int, *, continuous: bool, share_params: bool,
+                 hidden: int = 64, action_sizes: list[int] | None = None, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.continuous = continuous
+        self.inputs = _AgentInputs(num_agents, share_params)
+        self.in_features = obs_dim + (num_agents if share_params else 0)
+        self.net = agent_mlp(1 if share_params else num_agents, self.in_features, hidden, act_dim, out_gain=0.01, generator=generator)
+        sizes = action_sizes or [act_dim] * num_agents
+        self.register_buffer("valid", torch.arange(act_dim).unsqueeze(0) < torch.tensor(sizes).unsqueeze(1))
+        if continuous:
+            self.log_std = nn.Parameter(torch.full((num_agents, act_dim), -0.5))
+
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        """The action distribution of every agent; ``obs`` is [..., N, obs_dim]."""
+        out = self.net(self.inputs(obs))
+        if self.continuous:
+            return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
+        return torch.distributions.Categorical(logits=out.masked_fill(~self.valid, -1e9))
+
+    def log_prob_entropy(self, dist: torch.distributions.Distribution, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of ``actions`` and entropy per agent, over valid dimensions only."""
+        if self.continuous:
+            mask = self.valid.to(actions.dtype)
+            return (dist.log_prob(actions) * mask).sum(-1), (dist.entropy() * mask).sum(-1)
+        return dist.log_prob(actions), dist.entropy()
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        """The most likely action of every agent (the mean for continuous actions)."""
+        dist = self.distribution(obs)
+        return dist.mean if self.continuous else dist.logits.argmax(-1)
+
+
+class CentralCritic(nn.Module):
+    """V(state) for every agent: its only input is the global state ``[..., state_dim]``."""
+
+    def __init__(self, num_agents: int, state_dim: int, hidden: int = 64, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.in_features = state_dim
+        self.net = agent_mlp(1, state_dim, hidden, num_agents, out_gain=1.0, generator=generator)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """Values [..., N] from state [..., state_dim]."""
+        return self.net(state)
+
+
+class LocalCritic(nn.Module):
+    """IPPO's critic: agent i's value from its own observation ``[..., N, obs_dim]`` only."""
+
+    def __init__(self, num_agents: int, obs_dim: int, *, share_params: bool, hidden: int = 64,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.inputs = _AgentInputs(num_agents, share_params)
+        self.in_features = obs_dim + (num_agents if share_params else 0)
+        self.net = agent_mlp(1 if share_params else num_agents, self.in_features, hidden, 1, out_gain=1.0, generator=generator)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Values [..., N] from observations [..., N, obs_dim]."""
+        return self.net(self.inputs(obs)).squeeze(-1)
+
+
+class ValueNorm(nn.Module):
+    """Running mean and variance of the value targets (MAPPO's value normalization).
+
+    The critic predicts normalized values; :meth:`denormalize` turns them into returns for GAE,
+    :meth:`normalize` turns the targets into what the critic is trained on. Statistics are
+    debiased exponential moving averages (``beta`` = 0.99999 as in the MAPPO code).
+    """
+
+    def __init__(self, beta: float = 0.99999, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.beta = beta
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean_sq", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("debias", torch.zeros((), dtype=torch.float64))
+
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        debias = self.debias.clamp(min=self.eps)
+        mean = self.mean / debias
+        var = (self.mean_sq / debias - mean**2).clamp(min=1e-2)
+        return mean, var
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Folds a batch of targets into the running statistics."""
+        x = x.detach().to(torch.float64)
+        self.mean.mul_(self.beta).add_(x.mean() * (1 - self.beta))
+        self.mean_sq.mul_(self.beta).add_((x**2).mean() * (1 - self.beta))
+        self.debias.mul_(self.beta).add_(1 - self.beta)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self._stats()
+        return ((x - mean) / var.sqrt()).to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self._stats()
+        return (x * var.sqrt() + mean).to(x.dtype)
