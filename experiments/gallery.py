@@ -22,7 +22,7 @@ h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.3rem;mar
 .run h3{margin:.1rem 0} .meta{color:#666;font-size:.9rem}
 .status-complete{color:#1a7f37} .status-failed,.status-interrupted,.status-running{color:#cf222e}
 table{border-collapse:collapse;margin:.6rem 0} td,th{border:1px solid #e5e5e5;padding:.2rem .6rem;text-align:left;font-size:.9rem}
-.figs{display:flex;flex-wrap:wrap;gap:1rem} .figs figure{margin:0;max-width:560px}
+.figs{display:flex;flex-wrap:wrap;gap:1rem} .figs figure{margin:0;max-width:100%}
 .figs img{max-width:100%;border:1px solid #eee} figcaption{font-size:.8rem;color:#666}
 nav a{margin-right:1rem}
 """

@@ -20,6 +20,7 @@ Columns of the sums (``SUM_COLUMNS``), all over neighbours ``j != i`` that ``i``
 from __future__ import annotations
 
 import math
+import types
 
 import numba
 import numpy as np
@@ -35,10 +36,22 @@ COL = {name: k for k, name in enumerate(SUM_COLUMNS)}
 N_SUMS = len(SUM_COLUMNS)
 
 
+@numba.njit(cache=True)
+def _wrap(flat: np.ndarray, box: float) -> np.ndarray:
+    out = np.empty_like(flat)
+    for k in range(flat.shape[0]):
+        p = flat[k] % box  # Python's float modulo: the same result as np.mod
+        out[k] = p - box if p >= box else p
+    return out
+
+
 def wrap(positions: np.ndarray, box: float) -> np.ndarray:
-    """Positions mapped into ``[0, box)`` (np.mod alone can return ``box`` for tiny negatives)."""
-    p = np.mod(positions, box)
-    return np.where(p >= box, p - box, p)
+    """Positions mapped into ``[0, box)`` (a modulo alone can return ``box`` for tiny negatives).
+
+    Compiled: numpy's version makes three temporaries, a tenth of a step's time at N = 1e5.
+    """
+    p = np.ascontiguousarray(positions, dtype=np.float64)
+    return _wrap(p.reshape(-1), float(box)).reshape(p.shape)
 
 
 def minimum_image(delta: np.ndarray, box: float) -> np.ndarray:
@@ -199,10 +212,21 @@ def _gather(pos: np.ndarray, dirs: np.ndarray, order: np.ndarray) -> tuple[np.nd
     return ps, ds
 
 
+def _renamed(fn, name: str):  # noqa: ANN001, ANN202
+    """A copy of ``fn`` under another name. numba's on-disk cache is keyed by the function's
+    qualified name, not by the compile flags, so two builds of one function would share (and
+    overwrite) one cache entry: the parallel build would silently load the serial code."""
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = name
+    return copy
+
+
 # The same kernel compiled twice: threads pay off only for large swarms, and a thread pool's
 # start-up cost dominates a small step. error_model="numpy" drops the zero-division checks.
-_sums_sorted_serial = numba.njit(cache=True, error_model="numpy")(_sums_sorted_py)
-_sums_sorted_parallel = numba.njit(cache=True, parallel=True, error_model="numpy")(_sums_sorted_py)
+_sums_sorted_serial = numba.njit(cache=True, error_model="numpy")(_renamed(_sums_sorted_py, "_sums_sorted_serial"))
+_sums_sorted_parallel = numba.njit(cache=True, parallel=True, error_model="numpy")(
+    _renamed(_sums_sorted_py, "_sums_sorted_parallel"))
 PARALLEL_MIN_AGENTS = 50_000
 
 
