@@ -16,13 +16,8 @@ the ideal round is about N / 2 client-times; the rest is Flower's messaging and 
 from __future__ import annotations
 
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py beside this file
-
-from common import emit, parse_args  # noqa: E402
-
+from benchmarks.common import emit, parse_args
 from federated.reference import plain_fedavg  # noqa: E402
 from federated.settings import FedSettings  # noqa: E402
 from federated.simulation import simulate  # noqa: E402

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import emit, parse_args
 
+from benchmarks.common import emit, parse_args
 from capabilities.data import funnel as F
 
 

@@ -8,8 +8,8 @@ jobs completed (greedy deadlocks under load), goodput, and mean job completion t
 from __future__ import annotations
 
 import numpy as np
-from common import emit, parse_args
 
+from benchmarks.common import emit, parse_args
 from capabilities.cluster import gang as G
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 
 import torch
-from common import emit, parse_args
 
+from benchmarks.common import emit, parse_args
 from marl.evaluate import baselines, evaluate
 from marl.mappo import MAPPO, MAPPOConfig, make_batched_env
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import collections
 
-from common import best_of, emit, parse_args
-
+from benchmarks.common import best_of, emit, parse_args
 from capabilities.data import shuffle as S
 
 

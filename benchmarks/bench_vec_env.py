@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from common import emit, parse_args
+
+from benchmarks.common import emit, parse_args
 
 N_AGENTS = 3
 
