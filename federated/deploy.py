@@ -193,9 +193,10 @@ class LocalFederation:
             if not still and not self.alive():
                 break
 
-    def submit(self, run_config: dict[str, Any], timeout: float) -> subprocess.CompletedProcess:
+    def submit(self, run_config: dict[str, Any], timeout: float,
+               project: Path = PROJECT_DIR) -> subprocess.CompletedProcess:
         """``flwr run <project> <connection> --stream`` with ``run_config`` overrides."""
-        argv = [_bin("flwr"), "run", str(PROJECT_DIR), CONNECTION, "--stream",
+        argv = [_bin("flwr"), "run", str(project), CONNECTION, "--stream",
                 "--run-config", _run_config_args(run_config)]
         with (self.workdir / "flwr-run.log").open("wb") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,

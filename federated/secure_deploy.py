@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from federated.checkpoint import load_server_checkpoint
-from federated.deploy import CONNECTION, DeploymentError, LocalFederation, _bin, _run_config_args
+from federated.deploy import DeploymentError, LocalFederation
 from federated.secure_fedavg import SecAggParams, split_run_config
 from federated.settings import FedSettings
 
@@ -84,17 +83,7 @@ def deploy_secure(overrides: dict[str, Any], *, workdir: str | Path | None = Non
     project = write_project(work / "project", run_config)
     try:
         with LocalFederation(settings.num_partitions, work) as fed:
-            argv = [_bin("flwr"), "run", str(project), CONNECTION, "--stream",
-                    "--run-config", _run_config_args(run_config)]
-            with (work / "flwr-run.log").open("wb") as log:
-                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=fed.env, cwd=work,
-                                        start_new_session=True)
-                fed.procs.append(proc)
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    raise DeploymentError(f"`flwr run` did not finish within {timeout:.0f} s; log:\n"
-                                          f"{fed.tail('flwr-run')}") from None
+            proc = fed.submit(run_config, timeout, project=project)
             state = load_server_checkpoint(settings.checkpoint_dir)
             last = -1 if state is None else state["round"]
             if proc.returncode != 0 or last < settings.num_server_rounds:

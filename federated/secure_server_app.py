@@ -10,8 +10,6 @@ partition), so in ``both`` the two aggregates average identical client updates.
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -184,39 +182,13 @@ def simulate_secure(overrides: dict[str, Any], num_supernodes: int, mode: Mode =
     Returns:
         :func:`run_secure_rounds`' result.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from flwr.simulation import run_simulation
-
     from federated.secure_client_app import make_secure_client_app
+    from federated.simulation import run_apps
 
     sink: list[dict[str, Any]] = []
-    backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        # address="local": always a private Ray instance, even when another one runs on this host.
-        "init_args": {"address": "local", "num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False,
-                      "logging_level": "ERROR", "log_to_driver": verbose},
-    }
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
-    try:
-        run_simulation(
-            server_app=make_secure_server_app(overrides, mode, sink, on_round, initial, evaluate),
-            client_app=make_secure_client_app(overrides, local_train),
-            num_supernodes=num_supernodes,
-            backend_config=backend_config,  # type: ignore[arg-type]
-        )
-    finally:
-        flwr_logger.setLevel(level)
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-    if not sink:
-        raise RuntimeError("the simulation ended without a result from the ServerApp (see Flower's log)")
-    return sink[0]
+    return run_apps(make_secure_server_app(overrides, mode, sink, on_round, initial, evaluate),
+                    make_secure_client_app(overrides, local_train), num_supernodes, sink,
+                    num_cpus=num_cpus, verbose=verbose)
 
 
 app = make_secure_server_app()

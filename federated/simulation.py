@@ -5,8 +5,8 @@
     result = simulate(FedSettings(num_partitions=10, num_server_rounds=30))
     result["history"][-1]["test_acc"]
 
-Ray is started with ``num_cpus`` CPUs (one per client actor) and shut down by Flower's Ray
-backend when the run ends, also when it fails.
+Ray is started privately with ``num_cpus`` CPUs (one per client actor) and shut down when the
+run ends, also when it fails. :func:`run_apps` is the runner the secure apps use too.
 """
 
 from __future__ import annotations
@@ -32,17 +32,38 @@ def simulate(settings: FedSettings, *, num_cpus: int = 2, on_round: RoundCallbac
     Raises:
         TooFewReplies: when a round falls below ``settings.min_replies``.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from flwr.simulation import run_simulation
-
     from federated.client_app import make_client_app
 
     overrides = settings.to_run_config()
     sink: list[Any] = []
+    return run_apps(make_server_app(overrides, sink=sink, on_round=on_round), make_client_app(overrides),
+                    settings.num_partitions, sink, num_cpus=num_cpus, verbose=verbose)
+
+
+def run_apps(server_app: Any, client_app: Any, num_supernodes: int, sink: list[Any], *,
+             num_cpus: int = 2, verbose: bool = False) -> Any:
+    """Runs a ServerApp and ClientApp on the simulation engine; returns what the ServerApp left in ``sink``.
+
+    The one place the simulation engine is started: a private Ray (``address="local"``, even
+    when another Ray runs on this host) with ``num_cpus`` CPUs, one per ClientApp actor; Flower's
+    log quiet unless ``verbose``; the ServerApp's own exception re-raised instead of Flower's
+    wrapper; Ray shut down whatever happened.
+
+    Args:
+        server_app: The ServerApp; it appends its result (or the exception it died of) to ``sink``.
+        client_app: The ClientApp.
+        num_supernodes: Virtual SuperNodes.
+        sink: The list the ServerApp writes to.
+        num_cpus: CPUs Ray may use.
+        verbose: Keep Flower's INFO log on the console.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation
+
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False,
+        "init_args": {"address": "local", "num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False,
                       "logging_level": "ERROR", "log_to_driver": verbose},
     }
     flwr_logger = logging.getLogger("flwr")
@@ -50,12 +71,8 @@ def simulate(settings: FedSettings, *, num_cpus: int = 2, on_round: RoundCallbac
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
     try:
-        _run(run_simulation, dict(
-            server_app=make_server_app(overrides, sink=sink, on_round=on_round),
-            client_app=make_client_app(overrides),
-            num_supernodes=settings.num_partitions,
-            backend_config=backend_config,
-        ), sink)
+        _run(run_simulation, dict(server_app=server_app, client_app=client_app,
+                                  num_supernodes=num_supernodes, backend_config=backend_config), sink)
     finally:
         flwr_logger.setLevel(level)
         _shutdown_ray()
