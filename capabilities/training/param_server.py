@@ -18,6 +18,17 @@ Pulls are ``@rpc.functions.async_execution`` futures completed by the push that 
 them, so a waiting pull holds no server thread. Servers record a snapshot after each update
 (time, shard) for loss-vs-wall-time curves, and every answered pull's clock gap for the SSP
 bound check.
+
+A worker that dies: in BSP (and SSP) the others would wait for its push forever. So while any
+worker has steps left, each server pings the unfinished workers every ``heartbeat_s`` (an RPC
+served by the worker's RPC threads, so a busy or sleeping worker still answers). A ping that
+fails (the peer's process is gone, its connection refused or closed) or times out marks the
+run failed: every waiting and later pull or push gets a RuntimeError naming the worker, the
+surviving workers raise it and leave without the graceful (all-process) RPC shutdown, and the
+server raises it too once they have left (so that its replies carrying the error go out first).
+Workers that are done with their steps wait on the servers for the others before the graceful
+shutdown, so that they too get the error instead of waiting there for the dead one. :func:`run_parameter_server` then
+raises :class:`~capabilities.training.launch.WorkerError` with each rank's fate.
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ class PSConfig:
         lr: Learning rate.
         straggler_delay_s: Extra seconds worker 0 sleeps every iteration (the straggler).
         timeout_s: RPC timeout and overall deadline.
+        heartbeat_s: How often servers ping unfinished workers to notice a dead one.
     """
 
     mode: str = "bsp"
@@ -67,6 +79,7 @@ class PSConfig:
     lr: float = 0.1
     straggler_delay_s: float = 0.0
     timeout_s: float = 60.0
+    heartbeat_s: float = 0.2
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -74,9 +87,9 @@ class PSConfig:
         for name, low in (("staleness", 0), ("num_servers", 1), ("num_workers", 1), ("steps", 1)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {getattr(self, name)!r}")
-        if self.lr <= 0 or self.straggler_delay_s < 0 or self.timeout_s <= 0:
-            raise ValueError(f"need lr > 0, straggler_delay_s >= 0, timeout_s > 0; got {self.lr}, "
-                             f"{self.straggler_delay_s}, {self.timeout_s}")
+        if self.lr <= 0 or self.straggler_delay_s < 0 or self.timeout_s <= 0 or self.heartbeat_s <= 0:
+            raise ValueError(f"need lr > 0, straggler_delay_s >= 0, timeout_s > 0, heartbeat_s > 0; got "
+                             f"{self.lr}, {self.straggler_delay_s}, {self.timeout_s}, {self.heartbeat_s}")
 
 
 class ServerShard:
@@ -93,6 +106,36 @@ class ServerShard:
         self.snapshots: list[tuple[float, int, torch.Tensor]] = [(0.0, 0, self.params.clone())]
         self.pulls: list[tuple[int, int, int]] = []  # (worker, clock, slowest clock when answered)
         self.updates = 0
+        self.failure: str | None = None
+        self.finish_waiters: list[Any] = []  # workers done with their steps, waiting for the rest
+        self.all_pushed = threading.Event()  # wakes the watcher as soon as the last push is in
+
+    def unfinished(self) -> list[int]:
+        """Workers that have not pushed all ``cfg.steps`` clocks yet."""
+        with self.lock:
+            return [w for w, c in enumerate(self.clocks) if c < self.cfg.steps]
+
+    def fail(self, why: str) -> None:
+        """Marks the run failed: every waiting pull, and every later pull or push, raises ``why``."""
+        with self.lock:
+            if self.failure is None:
+                self.failure = why
+            futs = [fut for _, _, fut in self.waiting] + self.finish_waiters
+            self.waiting, self.finish_waiters = [], []
+        for fut in futs:
+            fut.set_exception(RuntimeError(self.failure))
+
+    def all_finished(self) -> Any:
+        """A future completed once every worker has pushed its last clock (or failed with the run)."""
+        fut: Any = torch.futures.Future()
+        with self.lock:
+            if self.failure is not None:
+                fut.set_exception(RuntimeError(self.failure))
+            elif min(self.clocks) >= self.cfg.steps:
+                fut.set_result(None)
+            else:
+                self.finish_waiters.append(fut)
+        return fut
 
     def _ready(self, clock: int) -> bool:
         if self.cfg.mode == "bsp":
@@ -104,7 +147,9 @@ class ServerShard:
     def pull(self, worker: int, clock: int) -> Any:
         fut: Any = torch.futures.Future()
         with self.lock:
-            if self._ready(clock):
+            if self.failure is not None:
+                fut.set_exception(RuntimeError(self.failure))
+            elif self._ready(clock):
                 self.pulls.append((worker, clock, min(self.clocks)))
                 fut.set_result(self.params.clone())
             else:
@@ -114,6 +159,8 @@ class ServerShard:
     def push(self, worker: int, clock: int, grad: torch.Tensor) -> None:
         answered = []
         with self.lock:
+            if self.failure is not None:
+                raise RuntimeError(self.failure)
             if clock != self.clocks[worker]:
                 raise RuntimeError(f"worker {worker} pushed clock {clock}, expected {self.clocks[worker]}")
             self.clocks[worker] += 1
@@ -136,9 +183,15 @@ class ServerShard:
                 else:
                     still.append((w, c, fut))
             self.waiting = still
+            finished = []
+            if min(self.clocks) >= self.cfg.steps:
+                finished, self.finish_waiters = self.finish_waiters, []
+                self.all_pushed.set()
         # Completing a future runs its callbacks (the RPC reply); do it outside the lock.
         for fut, value in answered:
             fut.set_result(value)
+        for fut in finished:
+            fut.set_result(None)
 
     def _snapshot(self) -> None:
         self.updates += 1
@@ -154,9 +207,89 @@ def _rpc_pull(worker: int, clock: int) -> Any:
     return _SHARD.pull(worker, clock)
 
 
-def _rpc_push(worker: int, clock: int, grad: torch.Tensor) -> None:
+def _rpc_push(worker: int, clock: int, grad: torch.Tensor) -> RuntimeError | None:
     assert _SHARD is not None
-    _SHARD.push(worker, clock, grad)
+    try:
+        _SHARD.push(worker, clock, grad)
+    except RuntimeError as exc:
+        # Returned, not raised: the worker raises it as it is, the way it gets a failed pull
+        # (a raised one would come back wrapped in the RPC layer's remote traceback text).
+        return exc
+    return None
+
+
+@rpc.functions.async_execution
+def _rpc_all_finished() -> Any:
+    assert _SHARD is not None
+    return _SHARD.all_finished()
+
+
+def _rpc_ping() -> None:
+    """Answered by a worker's RPC threads: proof that its process is alive."""
+
+
+def _watch_workers(shard: ServerShard, name: str, workers: list[str], cfg: PSConfig) -> None:
+    """Blocks until every worker has pushed all its clocks, or has finished or left after one died.
+
+    Raises:
+        RuntimeError: a worker stopped answering before its last push (the message names it).
+    """
+    pings: dict[int, Any] = {}
+    gone: set[int] = set()
+    linger_until: float | None = None
+
+    def lost(w: int, exc: BaseException) -> None:
+        gone.add(w)
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shard.fail(f"parameter server {name}: worker {w} ({workers[w]}) stopped answering after "
+                   f"{shard.clocks[w]} of {cfg.steps} pushes ({why}); {cfg.mode} training cannot go on "
+                   f"without it")
+
+    while True:
+        if shard.failure is None:
+            alive = [w for w in shard.unfinished() if w not in gone]
+        else:
+            # Failed: stay until the survivors have received the error and left (leaving at
+            # once could drop the replies carrying it), but not for long.
+            alive = [w for w in range(len(workers)) if w not in gone]
+            if linger_until is None:
+                linger_until = time.monotonic() + min(cfg.timeout_s, 5.0)
+            if time.monotonic() > linger_until:
+                break
+        if not alive:
+            break
+        for w in alive:
+            fut = pings.get(w)
+            if fut is not None and fut.done():
+                del pings[w]
+                try:
+                    fut.wait()
+                except Exception as exc:  # noqa: BLE001 -- any failed ping means the peer is lost
+                    lost(w, exc)
+                    continue
+            if w not in pings:
+                try:
+                    pings[w] = rpc.rpc_async(workers[w], _rpc_ping)
+                except Exception as exc:  # noqa: BLE001 -- refused at once: the peer is lost
+                    lost(w, exc)
+        if shard.failure is None:
+            shard.all_pushed.wait(cfg.heartbeat_s)
+        else:
+            time.sleep(cfg.heartbeat_s)
+    if shard.failure is not None:
+        raise RuntimeError(shard.failure)
+
+
+def _raise_failures(values: list[Any]) -> list[Any]:
+    """Raises the first server failure among RPC results, else returns them.
+
+    A server fails a pull by completing its future with an exception, which through
+    ``@async_execution`` arrives as the exception object, not raised; pushes return theirs.
+    """
+    for value in values:
+        if isinstance(value, BaseException):
+            raise value
+    return values
 
 
 class ParameterServerClient:
@@ -175,16 +308,35 @@ class ParameterServerClient:
         self.clock = 0
 
     def pull(self) -> torch.Tensor:
-        """The full parameter vector, as soon as the mode allows this worker's clock."""
+        """The full parameter vector, as soon as the mode allows this worker's clock.
+
+        Raises:
+            RuntimeError: a server failed the run (e.g. another worker died; the message says which).
+        """
         futs = [rpc.rpc_async(s, _rpc_pull, args=(self.worker, self.clock)) for s in self.servers]
-        return torch.cat([f.wait() for f in futs])
+        return torch.cat(_raise_failures([f.wait() for f in futs]))
+
+    def wait_all_finished(self) -> None:
+        """Blocks until every worker has pushed its last clock to every server.
+
+        A worker that leaves the graceful RPC shutdown (a rendezvous of all processes) only
+        after this never waits there for a dead peer.
+
+        Raises:
+            RuntimeError: a server failed the run (e.g. another worker died).
+        """
+        futs = [rpc.rpc_async(s, _rpc_all_finished) for s in self.servers]
+        _raise_failures([f.wait() for f in futs])
 
     def push(self, grad: torch.Tensor) -> None:
-        """Sends each server its piece of ``grad`` and advances this worker's clock."""
+        """Sends each server its piece of ``grad`` and advances this worker's clock.
+
+        Raises:
+            RuntimeError: a server failed the run, or refused the push (wrong clock).
+        """
         futs = [rpc.rpc_async(s, _rpc_push, args=(self.worker, self.clock, grad[a:b].clone()))
                 for s, (a, b) in zip(self.servers, self.bounds, strict=True)]
-        for f in futs:
-            f.wait()
+        _raise_failures([f.wait() for f in futs])
         self.clock += 1
 
 
@@ -242,13 +394,18 @@ def _ps_process(rank: int, world: int, cfg: PSConfig, task: LeastSquares) -> dic
         rpc_timeout=cfg.timeout_s, num_worker_threads=8, _transports=["uv"],
     )
     rpc.init_rpc(name, rank=rank, world_size=world, rpc_backend_options=opts)
+    workers = [f"worker{w}" for w in range(cfg.num_workers)]
     if _SHARD is not None:
         # init_rpc is a rendezvous: every process leaves it at about the same moment, so the
         # servers' clocks start together (start-up is not part of the curve).
         _SHARD.t0 = time.time()
     out: dict[str, Any] = {"role": "server" if is_server else "worker"}
+    ok = False
     try:
-        if not is_server:
+        if is_server:
+            assert _SHARD is not None
+            _watch_workers(_SHARD, name, workers, cfg)
+        else:
             worker = rank - cfg.num_servers
             x, y = task.data(worker, cfg.num_workers)
             from envs.api import Agent
@@ -260,10 +417,18 @@ def _ps_process(rank: int, world: int, cfg: PSConfig, task: LeastSquares) -> dic
                 if worker == 0 and cfg.straggler_delay_s > 0:
                     time.sleep(cfg.straggler_delay_s)
                 client.push(task.grad(params, x, y))
+            client.wait_all_finished()
             out["clock"] = client.clock
+        ok = True
     finally:
-        # Graceful: every process waits here until all have finished their RPCs.
-        rpc.shutdown(graceful=True, timeout=cfg.timeout_s)
+        if ok:
+            # Graceful: every process waits here until all have finished their RPCs.
+            rpc.shutdown(graceful=True, timeout=cfg.timeout_s)
+        else:
+            # The graceful shutdown is a rendezvous of all processes, which a dead one never
+            # joins; leave alone so the error reaches the launcher now.
+            rpc.shutdown(graceful=False)
+            _SHARD = None
     if is_server:
         assert _SHARD is not None
         out.update(shard=rank, params=_SHARD.params, snapshots=_SHARD.snapshots, pulls=_SHARD.pulls,

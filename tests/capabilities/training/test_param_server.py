@@ -1,10 +1,20 @@
-"""Parameter server on torch.distributed.rpc: BSP is synchronous SGD, SSP keeps its bound."""
+"""Parameter server on torch.distributed.rpc: BSP is synchronous SGD, SSP keeps its bound, a dead
+worker fails the run."""
+
+import os
 
 import pytest
 import torch
 import torch._dynamo  # noqa: F401  (imported once here so forked workers do not each import it)
 
-from capabilities.training import LeastSquares, PSConfig, run_parameter_server, sync_sgd_update
+from capabilities.training import (
+    MODES,
+    LeastSquares,
+    PSConfig,
+    WorkerError,
+    run_parameter_server,
+    sync_sgd_update,
+)
 
 
 def test_bsp_equals_synchronous_sgd_exactly() -> None:
@@ -41,3 +51,34 @@ def test_bad_config_is_named() -> None:
         PSConfig(mode="gossip").validate()
     with pytest.raises(ValueError, match="staleness must be an int >= 0"):
         PSConfig(mode="ssp", staleness=-1).validate()
+
+
+class _DiesAtStep(LeastSquares):
+    """The least-squares task, except that one worker's process exits during a gradient."""
+
+    def __init__(self, rank: int, step: int, **kw) -> None:
+        super().__init__(**kw)
+        self.rank, self.step, self.calls = rank, step, 0
+
+    def grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if int(os.environ["RANK"]) == self.rank and self.calls == self.step:
+            os._exit(3)  # no exception, no cleanup: the process is simply gone
+        return super().grad(params, x, y)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dead_worker_fails_the_run_instead_of_hanging(mode: str) -> None:
+    # Rank 3 is worker 1 (ranks 0, 1 are the servers); it dies in its third step. In BSP and SSP
+    # the others would wait for its push forever, in async for its part of the final RPC
+    # shutdown. A hang would end with TimeoutError, or with the survivors reported as "killed"
+    # after the launcher's grace period, not with the servers' error on every other rank.
+    cfg = PSConfig(mode=mode, staleness=1, num_servers=2, num_workers=3, steps=6, lr=0.1, timeout_s=30.0)
+    with pytest.raises(WorkerError) as info:
+        run_parameter_server(cfg, _DiesAtStep(3, 3, dim=8, examples_per_worker=8), start_method="fork")
+    fails = info.value.failures
+    assert fails[3].startswith("died: exit code 3")
+    assert set(fails) == {0, 1, 2, 3, 4}, fails
+    for rank in (0, 1, 2, 4):
+        assert fails[rank].startswith("err: RuntimeError: parameter server ps"), fails[rank]
+        assert "worker 1 (worker1) stopped answering after 2 of 6 pushes" in fails[rank], fails[rank]

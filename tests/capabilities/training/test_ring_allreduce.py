@@ -14,7 +14,7 @@ from capabilities.training import (
     ring_bytes,
     tree_allreduce,
 )
-from capabilities.training.ring_allreduce import chunk_bounds
+from capabilities.training.ring_allreduce import chunk_bounds, release_scratch
 from envs.api import Agent
 
 SIZES = [1, 2, 3, 7, 100, 1001]
@@ -39,6 +39,15 @@ def _checks(rank: int, world: int) -> dict:
             out[f"sent_{name}"].append(fn(y))
             if not torch.equal(y, ref):
                 out["mismatch"].append((name, numel))
+    # Largest first: the scratch buffer kept from a bigger call is reused for smaller ones.
+    release_scratch()
+    for numel in reversed(SIZES):
+        x = torch.randint(-1000, 1000, (numel,), generator=torch.Generator().manual_seed(rank)).to(torch.float64)
+        ref, y = x.clone(), x.clone()
+        dist.all_reduce(ref)
+        ring_allreduce(y, segment_bytes=64)
+        if not torch.equal(y, ref):
+            out["mismatch"].append(("ring, reused scratch", numel))
     # A 2-D, non-contiguous tensor is reduced in place like dist.all_reduce does it.
     base = torch.arange(35, dtype=torch.float32).reshape(5, 7) * (rank + 1)
     t, ref = base.t(), base.t().clone()
