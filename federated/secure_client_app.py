@@ -2,7 +2,10 @@
 
 Each handler restores this node's :class:`secure_agg.SecAggClient` from ``context.state``,
 answers one round, and stores it back, so the protocol state survives between messages in
-both the simulation and the deployment engine. The training itself is a pluggable function
+both the simulation and the deployment engine. A node holds at most two sessions: the
+current one and, from the masking message on, the next one whose keys and shares ride on the
+current round's messages (see :mod:`federated.secure_fedavg`). Only key material is kept
+between messages; the model update is trained, masked and sent within one message. The training itself is a pluggable function
 (the default trains :mod:`federated.task`'s MLP on this node's partition), which lets the
 benchmark swap in a synthetic model of any size.
 """
@@ -19,6 +22,7 @@ from flwr.clientapp import ClientApp
 
 from federated.secure_fedavg import (
     MASK,
+    NEXT,
     PAYLOAD,
     SETUP,
     SHARE,
@@ -27,8 +31,7 @@ from federated.secure_fedavg import (
     client_vector,
     split_run_config,
 )
-from secure_agg import SecAggClient
-from secure_agg.wire import decode, encode
+from secure_agg import SecAggClient, SecAggError
 
 STATE_KEY = "secagg-client"
 LocalTrain = Callable[[ArrayRecord, Context, int], tuple[dict[str, np.ndarray], int, float]]
@@ -55,19 +58,40 @@ def train_task_model(arrays: ArrayRecord, context: Context, server_round: int,
     return weights_to_numpy(get_weights(model)), n, loss
 
 
-def _reply(msg: Message, payload: bytes) -> Message:
-    return Message(content=RecordDict({PAYLOAD: ConfigRecord({"payload": payload})}), reply_to=msg)
+STATE_NEXT = "secagg-next-client"
 
 
-def _load(context: Context) -> tuple[SecAggClient, np.ndarray]:
-    if STATE_KEY not in context.state:
-        raise ValueError("no secure-aggregation session on this node: the setup message never arrived")
-    record = context.state[STATE_KEY]
-    return SecAggClient.from_bytes(record["client"]), decode(record["vector"])
+def _reply(msg: Message, payload: bytes | None, nxt: bytes | None = None) -> Message:
+    record = {k: v for k, v in (("payload", payload), (NEXT, nxt)) if v is not None}
+    return Message(content=RecordDict({PAYLOAD: ConfigRecord(record)}), reply_to=msg)
 
 
-def _save(context: Context, client: SecAggClient, vector: np.ndarray) -> None:
-    context.state[STATE_KEY] = ConfigRecord({"client": client.to_bytes(), "vector": encode(vector)})
+def _load(context: Context, key: str = STATE_KEY) -> SecAggClient:
+    if key not in context.state:
+        raise ValueError("no secure-aggregation session on this node: its opening messages never arrived")
+    return SecAggClient.from_bytes(context.state[key]["client"])
+
+
+def _save(context: Context, client: SecAggClient, key: str = STATE_KEY) -> None:
+    context.state[key] = ConfigRecord({"client": client.to_bytes()})
+
+
+def _forget(context: Context, *keys: str) -> None:
+    for key in keys:
+        if key in context.state:
+            del context.state[key]
+
+
+def _params(config: Any) -> tuple[SecAggParams, int, int, int]:
+    """(parameters, server round, this client's id, clients in the session) from a message's config."""
+    params = SecAggParams.from_run_config({k: v for k, v in dict(config).items() if k.startswith("secagg-")
+                                           and k not in ("secagg-id", "secagg-clients")})
+    return params, int(config["server-round"]), int(config["secagg-id"]), int(config["secagg-clients"])
+
+
+def _new_client(params: SecAggParams, server_round: int, pid: int) -> SecAggClient:
+    seed = None if params.seed < 0 else f"{params.seed}-round-{server_round}-client-{pid}"
+    return SecAggClient(pid, seed=seed)
 
 
 def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train: LocalTrain | None = None) -> ClientApp:
@@ -97,38 +121,53 @@ def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train:
 
     @app.train(SETUP)
     def setup(msg: Message, context: Context) -> Message:
-        config = msg.content["config"]
-        params = SecAggParams.from_run_config({k: v for k, v in dict(config).items() if k.startswith("secagg-")
-                                               and k not in ("secagg-id", "secagg-clients")})
-        server_round, pid, n = int(config["server-round"]), int(config["secagg-id"]), int(config["secagg-clients"])
-        weights, num_examples, loss = trainer(msg.content["arrays"], context, server_round)
-        vector = client_vector(weights, num_examples, loss, params, n)
-        seed = None if params.seed < 0 else f"{params.seed}-round-{server_round}-client-{pid}"
-        client = SecAggClient(pid, seed=seed)
+        # A fresh session: whatever this node held from an earlier one is void.
+        params, server_round, pid, _ = _params(msg.content["config"])
+        _forget(context, STATE_KEY, STATE_NEXT)
+        client = _new_client(params, server_round, pid)
         reply = client.advertise_keys(msg.content[PAYLOAD]["payload"])
-        _save(context, client, vector)
+        _save(context, client)
         return _reply(msg, reply)
 
     @app.train(SHARE)
     def share(msg: Message, context: Context) -> Message:
-        client, vector = _load(context)
+        client = _load(context)
         reply = client.share_keys(msg.content[PAYLOAD]["payload"])
-        _save(context, client, vector)
+        _save(context, client)
         return _reply(msg, reply)
 
     @app.train(MASK)
     def mask(msg: Message, context: Context) -> Message:
-        client, vector = _load(context)
-        reply = client.masked_input(msg.content[PAYLOAD]["payload"], vector)
-        _save(context, client, vector)
-        return _reply(msg, reply)
+        config = msg.content["config"]
+        params, server_round, pid, n = _params(config)
+        client = _load(context)
+        weights, num_examples, loss = trainer(msg.content["arrays"], context, server_round)
+        reply = client.masked_input(msg.content[PAYLOAD]["payload"], client_vector(weights, num_examples, loss, params, n))
+        _save(context, client)
+        nxt = None
+        if NEXT in msg.content[PAYLOAD]:
+            following = _new_client(params, server_round + 1, pid)
+            try:
+                nxt = following.advertise_keys(msg.content[PAYLOAD][NEXT])
+                _save(context, following, STATE_NEXT)
+            except SecAggError:
+                pass  # refusing the next session must not cost this one: the server then opens a fresh one
+        return _reply(msg, reply, nxt)
 
     @app.train(UNMASK)
     def unmask(msg: Message, context: Context) -> Message:
-        client, _ = _load(context)
-        reply = client.unmasking(msg.content[PAYLOAD]["payload"])
-        del context.state[STATE_KEY]  # the session is over: forget every secret
-        return _reply(msg, reply)
+        reply = _load(context).unmasking(msg.content[PAYLOAD]["payload"])
+        _forget(context, STATE_KEY)  # this session is over: forget its secrets
+        nxt = None
+        if NEXT in msg.content[PAYLOAD] and STATE_NEXT in context.state:
+            following = _load(context, STATE_NEXT)
+            try:
+                nxt = following.share_keys(msg.content[PAYLOAD][NEXT])
+                _save(context, following)
+            except SecAggError:
+                pass
+        _forget(context, STATE_NEXT)
+        return _reply(msg, reply, nxt)
 
     return app
 

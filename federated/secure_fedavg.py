@@ -1,16 +1,27 @@
 """SecureFedAvg: Flower's Message-API FedAvg whose sum is computed by secure aggregation.
 
-The four rounds of :mod:`secure_agg` travel as Flower messages through the Grid:
+The four rounds of :mod:`secure_agg` travel as Flower messages through the Grid. A session's
+first two rounds (keys and shares) need no model, so they are pipelined: they ride on the
+previous FedAvg round's messages, and a steady-state round costs two message exchanges
+instead of four:
 
-====================  ==========================  ===========================================
-message type          server sends                client does
-====================  ==========================  ===========================================
-train.secagg_setup    global model + parameters   trains, weights and quantizes its update,
-                                                  keeps it, replies with two public keys
-train.secagg_share    rosters                     Shamir-shares its secrets, encrypted
-train.secagg_mask     forwarded ciphertexts       replies with its masked vector
-train.secagg_unmask   survivor / dropped lists    replies with the requested shares
-====================  ==========================  ===========================================
+=====================  ==============================  =======================================
+message type           server sends                    client does
+=====================  ==============================  =======================================
+train.secagg_mask      global model, forwarded         trains, weights and quantizes its
+                       ciphertexts of session r;       update, replies with the masked vector;
+                       ``next``: session r+1's         ``next``: two fresh public keys
+                       parameters
+train.secagg_unmask    survivor / dropped lists;       replies with the requested shares;
+                       ``next``: session r+1's roster  ``next``: its shares for session r+1,
+                                                       encrypted
+=====================  ==============================  =======================================
+
+Round 1, and any round whose sampled clients differ from those that completed the pre-opened
+session's key and share rounds (a client failed, or one joined), first opens a fresh session
+with two bootstrap exchanges (``train.secagg_setup``: keys; ``train.secagg_share``: shares).
+Every session has its own fresh keys, secrets and session id, exactly as in Bonawitz et al.;
+only the time at which its first two rounds run changes.
 
 The ServerApp therefore only ever holds public keys, ciphertexts, masked vectors and the final
 sum. Weighting is done by the clients before masking: client k sends
@@ -36,6 +47,7 @@ from secure_agg import Quantization, SecAggError, SecAggServer
 
 SETUP, SHARE, MASK, UNMASK = "secagg_setup", "secagg_share", "secagg_mask", "secagg_unmask"
 PAYLOAD = "secagg"
+NEXT = "next"  # the ConfigRecord key carrying the next session's message beside this one's
 
 
 @dataclass(frozen=True)
@@ -131,34 +143,46 @@ def client_vector(weights: dict[str, np.ndarray], num_examples: int, loss: float
     if num_examples > limit:
         raise SecAggError(f"{num_clients} clients with up to {num_examples} examples could wrap modulo 2**{params.bits}")
     w = num_examples / params.max_weight
-    q = quantizer.quantize(np.concatenate([w * flatten(weights), [w * loss]]))
+    # [w * params, w * loss] in one float64 buffer (this runs on the full model every round).
+    sizes = [np.size(v) for v in weights.values()]
+    x = np.empty(sum(sizes) + 1, dtype=np.float64)
+    pos = 0
+    for v, size in zip(weights.values(), sizes, strict=True):
+        np.multiply(np.asarray(v).ravel(), w, out=x[pos:pos + size], dtype=np.float64)
+        pos += size
+    x[-1] = w * loss
+    q = quantizer.quantize(x)
     return np.concatenate([q, np.array([num_examples], dtype=q.dtype)])
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
     """Pushes ``messages`` and pulls their replies until all arrived or ``timeout`` passed.
 
-    Like ``Grid.send_and_receive`` but polling from 2 ms up to 50 ms instead of at a fixed
-    0.1 s (simulation) or 3 s (deployment): the protocol needs three more exchanges per
-    round than FedAvg, and each one would otherwise wait out a full polling interval.
+    Like ``Grid.send_and_receive`` but polling from 1 ms up to 10 ms instead of at a fixed
+    0.1 s (simulation) or 3 s (deployment): secure aggregation needs at least one more
+    exchange per round than FedAvg, and each would otherwise wait out a polling interval.
     """
     pending = set(grid.push_messages(messages))
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
-    pause = 0.002
+    pause = 0.001
     while pending and time.monotonic() < deadline:
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         if pending:
             time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            pause = min(pause * 2, 0.01)
     return replies
 
 
 @dataclass
 class SecureRound:
-    """What the server learned in one secure round (only aggregates and counts)."""
+    """What the server learned in one secure round (only aggregates and counts).
+
+    ``pipelined`` says whether the round used a session whose keys and shares were exchanged
+    during the previous round (two exchanges) or opened a fresh one (four).
+    """
 
     sampled: int = 0
     survivors: int = 0
@@ -168,8 +192,22 @@ class SecureRound:
     error_bound: float = 0.0
     server_bytes_in: int = 0
     server_bytes_out: int = 0
+    pipelined: bool = False
     discarded: dict[int, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Session:
+    """The server side of one secure-aggregation session and the nodes it was opened for.
+
+    Client ids inside the session are positions in ``nodes`` (sorted node ids).
+    """
+
+    server: SecAggServer
+    nodes: list[int]
+    server_round: int
+    mask_requests: dict[int, bytes] = field(default_factory=dict)
 
 
 class SecureFedAvg(FedAvg):
@@ -177,98 +215,165 @@ class SecureFedAvg(FedAvg):
 
     Args:
         params: Secure-aggregation parameters (see :class:`SecAggParams`).
-        timeout: Seconds to wait for each of the four message rounds.
+        timeout: Seconds to wait for each message exchange.
+        num_rounds: Rounds the run will have; the last one opens no next session. Set by
+            :meth:`start`; drivers that call ``configure_train`` themselves set it too. None
+            (unknown) opens a next session after every round.
         **kwargs: Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
+            Sessions are pipelined only with ``fraction_train=1.0`` (every node, every round);
+            with sampling every round opens its own session.
     """
 
-    def __init__(self, params: SecAggParams | None = None, *, timeout: float = 600.0, **kwargs: Any) -> None:
+    def __init__(self, params: SecAggParams | None = None, *, timeout: float = 600.0,
+                 num_rounds: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.params = params or SecAggParams()
         self.timeout = timeout
+        self.num_rounds = num_rounds
         self.last_round = SecureRound()
         self._grid: Grid | None = None
-        self._server: SecAggServer | None = None
-        self._nodes: list[int] = []
+        self._current: _Session | None = None
+        self._next: _Session | None = None
         self._like: dict[str, np.ndarray] = {}
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, *args: Any, **kwargs: Any) -> Any:
+        """Flower's round loop; records ``num_rounds`` so the last round opens no next session."""
+        self.num_rounds = num_rounds
+        return super().start(grid, initial_arrays, num_rounds, *args, **kwargs)
 
     def summary(self) -> None:
         """Logs nothing beyond FedAvg's summary (the parameters are in ``params``)."""
         super().summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Samples nodes like FedAvg and opens a secure session: the setup messages."""
-        plain = list(super().configure_train(server_round, arrays, config, grid))
-        self._grid = grid
-        self._nodes = sorted(m.metadata.dst_node_id for m in plain)
-        self._like = {k: v.numpy() for k, v in arrays.items()}
-        n = len(self._nodes)
+    def _open(self, nodes: list[int], server_round: int) -> _Session:
+        n = len(nodes)
         if n < 2:
             raise SecAggError(f"secure aggregation needs at least 2 sampled clients, got {n}")
         dim = sum(v.size for v in self._like.values()) + 2
         seed = None if self.params.seed < 0 else f"{self.params.seed}-round-{server_round}"
-        self._server = SecAggServer(list(range(n)), self.params.threshold_for(n), dim, bits=self.params.bits,
-                                    neighbours=self.params.neighbours or None, seed=seed)
-        self.last_round = SecureRound(sampled=n, threshold=self._server.threshold)
-        requests = self._server.advertise_keys_requests()
+        server = SecAggServer(list(range(n)), self.params.threshold_for(n), dim, bits=self.params.bits,
+                              neighbours=self.params.neighbours or None, seed=seed)
+        return _Session(server, nodes, server_round)
+
+    def _session_config(self, session: _Session) -> dict[str, Any]:
+        return {"server-round": session.server_round, "secagg-clients": len(session.nodes),
+                **self.params.to_run_config()}
+
+    def _bootstrap(self, nodes: list[int], server_round: int) -> _Session:
+        """Opens a fresh session and runs its keys and shares rounds (two exchanges)."""
+        session = self._open(nodes, server_round)
+        t0 = time.perf_counter()
+        setup = {pid: {PAYLOAD: data, "config": {**self._session_config(session), "secagg-id": pid}}
+                 for pid, data in session.server.advertise_keys_requests().items()}
+        replies = self._exchange(session, SETUP, setup)
+        shares = self._exchange(session, SHARE, {pid: {PAYLOAD: data} for pid, data in
+                                                 session.server.share_keys_requests(replies[PAYLOAD]).items()})
+        session.mask_requests = session.server.masked_input_requests(shares[PAYLOAD])
+        self.last_round.seconds["bootstrap"] = time.perf_counter() - t0
+        return session
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Samples nodes like FedAvg; returns the messages that carry the model and the masking request.
+
+        Uses the session pre-opened during the previous round when its clients are exactly the
+        sampled ones; otherwise first opens a fresh session (two exchanges through ``grid``).
+        When another round follows, the messages also open the next session.
+        """
+        plain = list(super().configure_train(server_round, arrays, config, grid))
+        self._grid = grid
+        self._like = {k: v.numpy() for k, v in arrays.items()}
+        nodes = sorted(m.metadata.dst_node_id for m in plain)
+        self.last_round = SecureRound(sampled=len(nodes))
+        session, self._next = self._next, None
+        ready = session is not None and [session.nodes[pid] for pid in sorted(session.mask_requests)] == nodes
+        if ready and session is not None:
+            self.last_round.pipelined = True
+        else:
+            session = self._bootstrap(nodes, server_round)
+        self._current = session
+        self.last_round.threshold = session.server.threshold
+        # Open the next session on the same nodes: its keys ride on this round's messages.
+        pipeline = self.fraction_train == 1.0 and (self.num_rounds is None or server_round < self.num_rounds)
+        nxt = self._open(nodes, server_round + 1) if pipeline else None
+        advertise = nxt.server.advertise_keys_requests() if nxt else {}
+        self._next = nxt
         messages = []
-        for pid, node in enumerate(self._nodes):
-            cfg = ConfigRecord({**dict(config), "server-round": server_round, "secagg-id": pid,
-                                "secagg-clients": n,
-                                **self.params.to_run_config()})
+        for pid, data in session.mask_requests.items():
+            cfg = ConfigRecord({**dict(config), **self._session_config(session), "secagg-id": pid})
+            payload = {"payload": data, **({NEXT: advertise[pid]} if pid in advertise else {})}
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg,
-                                  PAYLOAD: ConfigRecord({"payload": requests[pid]})})
-            messages.append(Message(content=content, message_type=f"train.{SETUP}", dst_node_id=node))
-            self.last_round.server_bytes_out += len(requests[pid])
+                                  PAYLOAD: ConfigRecord(payload)})
+            messages.append(Message(content=content, message_type=f"train.{MASK}", dst_node_id=nodes[pid]))
+            self.last_round.server_bytes_out += sum(len(v) for v in payload.values())
         return messages
 
-    def _collect(self, replies: Iterable[Message]) -> dict[int, bytes]:
-        index = {node: pid for pid, node in enumerate(self._nodes)}
-        out = {}
+    def _collect(self, session: _Session, replies: Iterable[Message]) -> dict[str, dict[int, bytes]]:
+        """Splits replies into this session's payloads and the next session's, by client id."""
+        index = {node: pid for pid, node in enumerate(session.nodes)}
+        out: dict[str, dict[int, bytes]] = {PAYLOAD: {}, NEXT: {}}
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error() or node not in index or PAYLOAD not in msg.content:
                 continue
-            data = msg.content[PAYLOAD]["payload"]
-            if isinstance(data, bytes):
-                out[index[node]] = data
-                self.last_round.server_bytes_in += len(data)
+            record = msg.content[PAYLOAD]
+            for key in (PAYLOAD, NEXT):
+                data = record.get("payload" if key == PAYLOAD else NEXT)
+                if isinstance(data, bytes):
+                    out[key][index[node]] = data
+                    self.last_round.server_bytes_in += len(data)
         return out
 
-    def _exchange(self, message_type: str, requests: dict[int, bytes]) -> dict[int, bytes]:
+    def _exchange(self, session: _Session, message_type: str,
+                  contents: dict[int, dict[str, Any]]) -> dict[str, dict[int, bytes]]:
+        """Sends each client ``{secagg: payload [, next], config: ...}`` and collects the replies."""
         messages = []
-        for pid, data in requests.items():
-            self.last_round.server_bytes_out += len(data)
-            messages.append(Message(content=RecordDict({PAYLOAD: ConfigRecord({"payload": data})}),
-                                    message_type=f"train.{message_type}", dst_node_id=self._nodes[pid]))
+        for pid, parts in contents.items():
+            payload = {("payload" if k == PAYLOAD else k): v for k, v in parts.items() if k in (PAYLOAD, NEXT)}
+            self.last_round.server_bytes_out += sum(len(v) for v in payload.values())
+            record = {PAYLOAD: ConfigRecord(payload)}
+            if "config" in parts:
+                record[self.configrecord_key] = ConfigRecord(parts["config"])
+            messages.append(Message(content=RecordDict(record), message_type=f"train.{message_type}",
+                                    dst_node_id=session.nodes[pid]))
         assert self._grid is not None
-        return self._collect(exchange(self._grid, messages, self.timeout))
+        return self._collect(session, exchange(self._grid, messages, self.timeout))
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Runs the remaining three rounds through the Grid and returns the weighted average.
+        """Runs the unmasking exchange (with the next session's shares) and returns the weighted average.
 
         Raises:
             SecAggError: Too many clients dropped (nothing is unmasked in that case).
         """
-        server = self._server
-        if server is None:
+        session, nxt = self._current, self._next
+        if session is None:
             raise SecAggError("aggregate_train called before configure_train")
+        self._current = None
+        server = session.server
         clock = self.last_round.seconds
+        got = self._collect(session, replies)
+        unmask = server.unmasking_requests(got[PAYLOAD])
+        share: dict[int, bytes] = {}
+        if nxt is not None:
+            try:
+                share = nxt.server.share_keys_requests(got[NEXT])
+            except SecAggError:
+                nxt = self._next = None  # too few keys for the next session: it bootstraps instead
         t0 = time.perf_counter()
-        responses = self._collect(replies)
-        responses = self._exchange(SHARE, server.share_keys_requests(responses))
-        clock["share_keys"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        responses = self._exchange(MASK, server.masked_input_requests(responses))
-        clock["masked_input"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        responses = self._exchange(UNMASK, server.unmasking_requests(responses))
+        # A client that is not a survivor here gets no share request: the next round then sees
+        # a different set of clients and opens a fresh session that includes it again.
+        answers = self._exchange(session, UNMASK, {pid: {PAYLOAD: data, **({NEXT: share[pid]} if pid in share else {})}
+                                                   for pid, data in unmask.items()})
         clock["unmasking"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        total = server.aggregate(responses)
+        total = server.aggregate(answers[PAYLOAD])
         clock["unmask_compute"] = time.perf_counter() - t0
-        self._server = None
+        if nxt is not None:
+            try:
+                nxt.mask_requests = nxt.server.masked_input_requests(answers[NEXT])
+            except SecAggError:
+                self._next = None
 
         count = len(server.survivors)
         quantizer = Quantization(self.params.clip, self.params.bits).for_clients(self.last_round.sampled)

@@ -61,7 +61,7 @@ def run_secure_rounds(grid: Grid, initial: dict[str, np.ndarray], num_rounds: in
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    secure = SecureFedAvg(params, timeout=timeout, min_available_nodes=2, min_train_nodes=2)
+    secure = SecureFedAvg(params, timeout=timeout, num_rounds=num_rounds, min_available_nodes=2, min_train_nodes=2)
     plain = FedAvg(min_available_nodes=2, min_train_nodes=2)
     weights, plain_track, history = initial, initial, []
     for server_round in range(1, num_rounds + 1):
@@ -95,6 +95,7 @@ def run_secure_rounds(grid: Grid, initial: dict[str, np.ndarray], num_rounds: in
             weights = _to_numpy(out)
             record.update(train_loss=float(metrics["train_loss"]), survivors=secure.last_round.survivors,
                           dropped=secure.last_round.dropped, error_bound=secure.last_round.error_bound,
+                          pipelined=secure.last_round.pipelined,
                           server_bytes=secure.last_round.server_bytes_in + secure.last_round.server_bytes_out)
             if plain_weights is not None and mode == "both":
                 record["max_abs_diff"] = max(float(np.max(np.abs(weights[k].astype(np.float64) - plain_weights[k])))

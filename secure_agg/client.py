@@ -47,9 +47,12 @@ def validate_input(vector: Any, dim: int, bits: int) -> np.ndarray:
         raise SecAggError(f"input vector must have shape ({dim},), got {arr.shape}")
     if arr.dtype.kind not in "iu":
         raise SecAggError(f"input vector must have an integer dtype (quantize floats first), got {arr.dtype}")
+    words = word_dtype(bits)
+    if arr.dtype == words and bits == 8 * words.itemsize:
+        return arr  # every value of the word type is in range
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= 1 << bits):
         raise SecAggError(f"input entries must lie in [0, 2**{bits}), got range [{arr.min()}, {arr.max()}]")
-    return arr.astype(word_dtype(bits))
+    return arr.astype(words)
 
 
 def pair_sign(me: int, peer: int) -> int:

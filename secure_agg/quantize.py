@@ -65,9 +65,13 @@ class Quantizer:
     def quantize(self, vector: np.ndarray) -> np.ndarray:
         """Clips, shifts and rounds a float vector to words in [0, per-client maximum]."""
         x = np.asarray(vector, dtype=np.float64)
-        if not np.all(np.isfinite(x)):
+        if not np.isfinite(x).all():
             raise SecAggError("cannot quantize a vector with NaN or infinite entries")
-        q = np.rint((np.clip(x, -self.clip, self.clip) + self.clip) * self.scale)
+        # One scratch vector, updated in place: this runs on every client's full model each round.
+        q = np.clip(x, -self.clip, self.clip)
+        q += self.clip
+        q *= self.scale
+        np.rint(q, out=q)
         return q.astype(word_dtype(self.bits))
 
     def dequantize(self, total: np.ndarray, count: int) -> np.ndarray:

@@ -22,38 +22,32 @@ _NONE, _FALSE, _TRUE, _INT, _BYTES, _STR, _LIST, _DICT, _ARRAY = range(9)
 _DTYPES = {"u4": np.dtype("<u4"), "u8": np.dtype("<u8"), "i8": np.dtype("<i8"), "f8": np.dtype("<f8")}
 
 
-def _put_len(out: bytearray, n: int) -> None:
-    out += struct.pack("<I", n)
+def _len(n: int) -> bytes:
+    return struct.pack("<I", n)
 
 
-def _encode(obj: Any, out: bytearray) -> None:
+def _encode(obj: Any, out: list[Any]) -> None:
+    # Parts are collected and joined once, so a large array is copied a single time.
     if obj is None:
-        out.append(_NONE)
+        out.append(bytes((_NONE,)))
     elif obj is True or obj is False:
-        out.append(_TRUE if obj else _FALSE)
+        out.append(bytes((_TRUE if obj else _FALSE,)))
     elif isinstance(obj, (int, np.integer)):
         value = int(obj)
         raw = value.to_bytes((value.bit_length() + 8) // 8 or 1, "little", signed=True)
-        out.append(_INT)
-        out.append(len(raw))
-        out += raw
+        out.append(bytes((_INT, len(raw))) + raw)
     elif isinstance(obj, (bytes, bytearray)):
-        out.append(_BYTES)
-        _put_len(out, len(obj))
-        out += obj
+        out.append(bytes((_BYTES,)) + _len(len(obj)))
+        out.append(obj)
     elif isinstance(obj, str):
         raw = obj.encode()
-        out.append(_STR)
-        _put_len(out, len(raw))
-        out += raw
+        out.append(bytes((_STR,)) + _len(len(raw)) + raw)
     elif isinstance(obj, (list, tuple)):
-        out.append(_LIST)
-        _put_len(out, len(obj))
+        out.append(bytes((_LIST,)) + _len(len(obj)))
         for item in obj:
             _encode(item, out)
     elif isinstance(obj, dict):
-        out.append(_DICT)
-        _put_len(out, len(obj))
+        out.append(bytes((_DICT,)) + _len(len(obj)))
         for key, value in obj.items():
             _encode(key, out)
             _encode(value, out)
@@ -61,20 +55,18 @@ def _encode(obj: Any, out: bytearray) -> None:
         code = obj.dtype.newbyteorder("<").str[1:]
         if code not in _DTYPES or obj.ndim != 1:
             raise SecAggError(f"only 1-D arrays of {sorted(_DTYPES)} travel on the wire, got {obj.dtype} ndim {obj.ndim}")
-        raw = np.ascontiguousarray(obj, dtype=_DTYPES[code]).tobytes()
-        out.append(_ARRAY)
-        out += code.encode()
-        _put_len(out, len(raw))
-        out += raw
+        arr = np.ascontiguousarray(obj, dtype=_DTYPES[code])
+        out.append(bytes((_ARRAY,)) + code.encode() + _len(arr.nbytes))
+        out.append(memoryview(arr).cast("B"))
     else:
         raise SecAggError(f"cannot encode a {type(obj).__name__} on the wire")
 
 
 def encode(obj: Any) -> bytes:
     """Encodes None, bool, int, bytes, str, list, dict and 1-D numeric arrays to bytes."""
-    out = bytearray()
+    out: list[Any] = []
     _encode(obj, out)
-    return bytes(out)
+    return b"".join(out)
 
 
 class _Reader:
@@ -129,7 +121,7 @@ def decode(data: bytes) -> Any:
     """Decodes what :func:`encode` wrote; raises SecAggError on anything malformed."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SecAggError(f"a message must be bytes, got {type(data).__name__}")
-    reader = _Reader(bytes(data))
+    reader = _Reader(data if isinstance(data, bytes) else bytes(data))
     value = reader.value()
     if reader.pos != len(reader.data):
         raise SecAggError("malformed message: trailing bytes")
