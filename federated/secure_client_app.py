@@ -26,6 +26,7 @@ from federated.secure_fedavg import (
     PAYLOAD,
     SETUP,
     SHARE,
+    THIS,
     UNMASK,
     SecAggParams,
     client_vector,
@@ -62,7 +63,7 @@ STATE_NEXT = "secagg-next-client"
 
 
 def _reply(msg: Message, payload: bytes | None, nxt: bytes | None = None) -> Message:
-    record = {k: v for k, v in (("payload", payload), (NEXT, nxt)) if v is not None}
+    record = {k: v for k, v in ((THIS, payload), (NEXT, nxt)) if v is not None}
     return Message(content=RecordDict({PAYLOAD: ConfigRecord(record)}), reply_to=msg)
 
 
@@ -125,14 +126,14 @@ def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train:
         params, server_round, pid, _ = _params(msg.content["config"])
         _forget(context, STATE_KEY, STATE_NEXT)
         client = _new_client(params, server_round, pid)
-        reply = client.advertise_keys(msg.content[PAYLOAD]["payload"])
+        reply = client.advertise_keys(msg.content[PAYLOAD][THIS])
         _save(context, client)
         return _reply(msg, reply)
 
     @app.train(SHARE)
     def share(msg: Message, context: Context) -> Message:
         client = _load(context)
-        reply = client.share_keys(msg.content[PAYLOAD]["payload"])
+        reply = client.share_keys(msg.content[PAYLOAD][THIS])
         _save(context, client)
         return _reply(msg, reply)
 
@@ -142,7 +143,7 @@ def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train:
         params, server_round, pid, n = _params(config)
         client = _load(context)
         weights, num_examples, loss = trainer(msg.content["arrays"], context, server_round)
-        reply = client.masked_input(msg.content[PAYLOAD]["payload"], client_vector(weights, num_examples, loss, params, n))
+        reply = client.masked_input(msg.content[PAYLOAD][THIS], client_vector(weights, num_examples, loss, params, n))
         _save(context, client)
         nxt = None
         if NEXT in msg.content[PAYLOAD]:
@@ -156,7 +157,7 @@ def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train:
 
     @app.train(UNMASK)
     def unmask(msg: Message, context: Context) -> Message:
-        reply = _load(context).unmasking(msg.content[PAYLOAD]["payload"])
+        reply = _load(context).unmasking(msg.content[PAYLOAD][THIS])
         _forget(context, STATE_KEY)  # this session is over: forget its secrets
         nxt = None
         if NEXT in msg.content[PAYLOAD] and STATE_NEXT in context.state:

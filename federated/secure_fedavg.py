@@ -46,8 +46,9 @@ from flwr.serverapp.strategy import FedAvg
 from secure_agg import Quantization, SecAggError, SecAggServer
 
 SETUP, SHARE, MASK, UNMASK = "secagg_setup", "secagg_share", "secagg_mask", "secagg_unmask"
-PAYLOAD = "secagg"
-NEXT = "next"  # the ConfigRecord key carrying the next session's message beside this one's
+PAYLOAD = "secagg"  # the RecordDict key of the protocol's ConfigRecord, which holds:
+THIS = "payload"  # this session's message
+NEXT = "next"  # the next session's message, riding along
 
 
 @dataclass(frozen=True)
@@ -263,12 +264,12 @@ class SecureFedAvg(FedAvg):
         """Opens a fresh session and runs its keys and shares rounds (two exchanges)."""
         session = self._open(nodes, server_round)
         t0 = time.perf_counter()
-        setup = {pid: {PAYLOAD: data, "config": {**self._session_config(session), "secagg-id": pid}}
-                 for pid, data in session.server.advertise_keys_requests().items()}
-        replies = self._exchange(session, SETUP, setup)
-        shares = self._exchange(session, SHARE, {pid: {PAYLOAD: data} for pid, data in
-                                                 session.server.share_keys_requests(replies[PAYLOAD]).items()})
-        session.mask_requests = session.server.masked_input_requests(shares[PAYLOAD])
+        setup = [self._message(session, pid, SETUP, {THIS: data}, config={"secagg-id": pid})
+                 for pid, data in session.server.advertise_keys_requests().items()]
+        replies = self._exchange(session, setup)
+        shares = self._exchange(session, [self._message(session, pid, SHARE, {THIS: data}) for pid, data in
+                                          session.server.share_keys_requests(replies[THIS]).items()])
+        session.mask_requests = session.server.masked_input_requests(shares[THIS])
         self.last_round.seconds["bootstrap"] = time.perf_counter() - t0
         return session
 
@@ -286,8 +287,7 @@ class SecureFedAvg(FedAvg):
         nodes = sorted(m.metadata.dst_node_id for m in plain)
         self.last_round = SecureRound(sampled=len(nodes))
         session, self._next = self._next, None
-        ready = session is not None and [session.nodes[pid] for pid in sorted(session.mask_requests)] == nodes
-        if ready and session is not None:
+        if session is not None and [session.nodes[pid] for pid in sorted(session.mask_requests)] == nodes:
             self.last_round.pipelined = True
         else:
             session = self._bootstrap(nodes, server_round)
@@ -298,44 +298,38 @@ class SecureFedAvg(FedAvg):
         nxt = self._open(nodes, server_round + 1) if pipeline else None
         advertise = nxt.server.advertise_keys_requests() if nxt else {}
         self._next = nxt
-        messages = []
-        for pid, data in session.mask_requests.items():
-            cfg = ConfigRecord({**dict(config), **self._session_config(session), "secagg-id": pid})
-            payload = {"payload": data, **({NEXT: advertise[pid]} if pid in advertise else {})}
-            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg,
-                                  PAYLOAD: ConfigRecord(payload)})
-            messages.append(Message(content=content, message_type=f"train.{MASK}", dst_node_id=nodes[pid]))
-            self.last_round.server_bytes_out += sum(len(v) for v in payload.values())
-        return messages
+        return [self._message(session, pid, MASK, {THIS: data, **({NEXT: advertise[pid]} if pid in advertise else {})},
+                              arrays=arrays, config={**dict(config), "secagg-id": pid})
+                for pid, data in session.mask_requests.items()]
+
+    def _message(self, session: _Session, pid: int, message_type: str, payload: dict[str, bytes], *,
+                 arrays: ArrayRecord | None = None, config: dict[str, Any] | None = None) -> Message:
+        """One ``train.<message_type>`` message to client ``pid``: the protocol payload, and
+        optionally the model and a config (to which the session's parameters are added)."""
+        self.last_round.server_bytes_out += sum(len(v) for v in payload.values())
+        content = RecordDict({PAYLOAD: ConfigRecord(dict(payload))})
+        if arrays is not None:
+            content[self.arrayrecord_key] = arrays
+        if config is not None:
+            content[self.configrecord_key] = ConfigRecord({**config, **self._session_config(session)})
+        return Message(content=content, message_type=f"train.{message_type}", dst_node_id=session.nodes[pid])
 
     def _collect(self, session: _Session, replies: Iterable[Message]) -> dict[str, dict[int, bytes]]:
         """Splits replies into this session's payloads and the next session's, by client id."""
         index = {node: pid for pid, node in enumerate(session.nodes)}
-        out: dict[str, dict[int, bytes]] = {PAYLOAD: {}, NEXT: {}}
+        out: dict[str, dict[int, bytes]] = {THIS: {}, NEXT: {}}
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error() or node not in index or PAYLOAD not in msg.content:
                 continue
-            record = msg.content[PAYLOAD]
-            for key in (PAYLOAD, NEXT):
-                data = record.get("payload" if key == PAYLOAD else NEXT)
-                if isinstance(data, bytes):
+            for key, data in msg.content[PAYLOAD].items():
+                if key in out and isinstance(data, bytes):
                     out[key][index[node]] = data
                     self.last_round.server_bytes_in += len(data)
         return out
 
-    def _exchange(self, session: _Session, message_type: str,
-                  contents: dict[int, dict[str, Any]]) -> dict[str, dict[int, bytes]]:
-        """Sends each client ``{secagg: payload [, next], config: ...}`` and collects the replies."""
-        messages = []
-        for pid, parts in contents.items():
-            payload = {("payload" if k == PAYLOAD else k): v for k, v in parts.items() if k in (PAYLOAD, NEXT)}
-            self.last_round.server_bytes_out += sum(len(v) for v in payload.values())
-            record = {PAYLOAD: ConfigRecord(payload)}
-            if "config" in parts:
-                record[self.configrecord_key] = ConfigRecord(parts["config"])
-            messages.append(Message(content=RecordDict(record), message_type=f"train.{message_type}",
-                                    dst_node_id=session.nodes[pid]))
+    def _exchange(self, session: _Session, messages: list[Message]) -> dict[str, dict[int, bytes]]:
+        """Sends ``messages`` through the grid and collects the replies (see :meth:`_collect`)."""
         assert self._grid is not None
         return self._collect(session, exchange(self._grid, messages, self.timeout))
 
@@ -353,7 +347,7 @@ class SecureFedAvg(FedAvg):
         server = session.server
         clock = self.last_round.seconds
         got = self._collect(session, replies)
-        unmask = server.unmasking_requests(got[PAYLOAD])
+        unmask = server.unmasking_requests(got[THIS])
         share: dict[int, bytes] = {}
         if nxt is not None:
             try:
@@ -363,11 +357,12 @@ class SecureFedAvg(FedAvg):
         t0 = time.perf_counter()
         # A client that is not a survivor here gets no share request: the next round then sees
         # a different set of clients and opens a fresh session that includes it again.
-        answers = self._exchange(session, UNMASK, {pid: {PAYLOAD: data, **({NEXT: share[pid]} if pid in share else {})}
-                                                   for pid, data in unmask.items()})
+        answers = self._exchange(session, [self._message(session, pid, UNMASK,
+                                                         {THIS: data, **({NEXT: share[pid]} if pid in share else {})})
+                                           for pid, data in unmask.items()])
         clock["unmasking"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        total = server.aggregate(answers[PAYLOAD])
+        total = server.aggregate(answers[THIS])
         clock["unmask_compute"] = time.perf_counter() - t0
         if nxt is not None:
             try:
