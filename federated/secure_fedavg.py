@@ -346,6 +346,7 @@ class SecureFedAvg(FedAvg):
         self._current = None
         server = session.server
         clock = self.last_round.seconds
+        t0 = time.perf_counter()
         got = self._collect(session, replies)
         unmask = server.unmasking_requests(got[THIS])
         share: dict[int, bytes] = {}
@@ -354,6 +355,7 @@ class SecureFedAvg(FedAvg):
                 share = nxt.server.share_keys_requests(got[NEXT])
             except SecAggError:
                 nxt = self._next = None  # too few keys for the next session: it bootstraps instead
+        clock["masked_input_compute"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # A client that is not a survivor here gets no share request: the next round then sees
         # a different set of clients and opens a fresh session that includes it again.
