@@ -102,10 +102,30 @@ def bench_secagg_plus(quick: bool) -> None:
 # --- Flower ---------------------------------------------------------------------------------
 
 def synthetic_train(arrays: Any, context: Any, server_round: int) -> tuple[dict[str, np.ndarray], int, float]:
-    """A local update whose cost is negligible: shift every weight by 0.001 * (pid + 1)."""
+    """A local update whose cost is negligible: shift every weight by 0.001 * (pid + 1).
+
+    ``arrays``: an ArrayRecord (Message API) or numpy arrays by name (a legacy NumPyClient).
+    """
     pid = int(context.node_config["partition-id"])
-    w = {k: (v.numpy() + np.float32(0.001 * (pid + 1))).astype(np.float32) for k, v in arrays.items()}
+    w = {k: (np.asarray(v.numpy() if hasattr(v, "numpy") else v) + np.float32(0.001 * (pid + 1))).astype(np.float32)
+         for k, v in arrays.items()}
     return w, 100, 1.0
+
+
+def _workload(workload: str, n: int, params: int) -> tuple[dict[str, np.ndarray], Any, dict[str, Any]]:
+    """(initial model, local training, run-config overrides) of ``workload`` for ``n`` clients."""
+    from functools import partial
+
+    from federated.secure_client_app import train_task_model
+
+    overrides: dict[str, Any] = {"num-partitions": n, "fraction-evaluate": 0.0}
+    if workload != "digits":
+        return {"w": np.zeros(params, np.float32)}, synthetic_train, overrides
+    from federated.task import get_weights, load_model, weights_to_numpy
+
+    overrides["hidden"] = hidden_for(params)
+    initial = weights_to_numpy(get_weights(load_model("digits", overrides["hidden"], 0)))
+    return initial, partial(train_task_model, overrides=overrides), overrides
 
 
 def hidden_for(params: int) -> int:
@@ -170,15 +190,7 @@ def flower_ours(n: int, params: int, rounds: int, neighbours: int, threshold: fl
             exchange(self._grid, empty, 600)
             return super().aggregate_train(server_round, replies)
 
-    overrides: dict[str, Any] = {"num-partitions": n, "fraction-evaluate": 0.0}
-    if workload == "digits":
-        from federated.task import get_weights, load_model, weights_to_numpy
-
-        overrides["hidden"] = hidden_for(params)
-        initial = weights_to_numpy(get_weights(load_model("digits", overrides["hidden"], 0)))
-        local_train = None
-    else:
-        initial, local_train = {"w": np.zeros(params, np.float32)}, synthetic_train
+    initial, local_train, overrides = _workload(workload, n, params)
     secagg = SecAggParams(neighbours=neighbours, threshold=threshold, seed=0)
     server = ServerApp()
     sink: list[Any] = []
@@ -225,13 +237,7 @@ def flower_legacy_secaggplus(n: int, params: int, rounds: int, num_shares: int, 
     from flwr.simulation import run_simulation
 
     times: list[float] = []
-    hidden = hidden_for(params)
-    if workload == "digits":
-        from federated.task import get_weights, load_model, weights_to_numpy
-
-        initial = list(weights_to_numpy(get_weights(load_model("digits", hidden, 0))).values())
-    else:
-        initial = [np.zeros(params, np.float32)]
+    initial, local_train, _ = _workload(workload, n, params)
 
     class TimedFedAvg(LegacyFedAvg):
         def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]
@@ -244,37 +250,25 @@ def flower_legacy_secaggplus(n: int, params: int, rounds: int, num_shares: int, 
             return out
 
     class Client(NumPyClient):
-        def __init__(self, pid: int) -> None:
-            self.pid = pid
+        """The same local update as SecureFedAvg's clients, on the arrays a NumPyClient holds."""
+
+        def __init__(self, context: Context) -> None:
+            self.context = context
 
         def fit(self, parameters, config):  # type: ignore[no-untyped-def]
-            if workload != "digits":
-                return [(p + np.float32(0.001 * (self.pid + 1))).astype(np.float32) for p in parameters], 100, {}
-            # The same local training as SecureFedAvg's clients (federated.task, 5 epochs).
-            import torch
-
-            from federated.client_app import local_update
-            from federated.settings import FedSettings
-            from federated.task import get_weights, load_model, weights_to_numpy
-
-            torch.set_num_threads(1)
-            settings = FedSettings.from_run_config({"num-partitions": n, "hidden": hidden})
-            model = load_model("digits", hidden, 0)
-            with torch.no_grad():
-                for param, value in zip(model.parameters(), parameters, strict=True):
-                    param.copy_(torch.from_numpy(np.asarray(value)))
-            count, _ = local_update(settings, self.pid, int(config.get("server_round", 1)), model)
-            return list(weights_to_numpy(get_weights(model)).values()), count, {}
+            weights = dict(zip(initial, parameters, strict=True))
+            out, count, _ = local_train(weights, self.context, int(config.get("server_round", 1)))
+            return list(out.values()), count, {}
 
     def client_fn(context: Context):  # type: ignore[no-untyped-def]
-        return Client(int(context.node_config["partition-id"])).to_client()
+        return Client(context).to_client()
 
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         strategy = TimedFedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
-                               initial_parameters=ndarrays_to_parameters(initial))
+                               initial_parameters=ndarrays_to_parameters(list(initial.values())))
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
         DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=num_shares,
                                                         reconstruction_threshold=threshold))(grid, legacy)

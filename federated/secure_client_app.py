@@ -5,14 +5,14 @@ answers one round, and stores it back, so the protocol state survives between me
 both the simulation and the deployment engine. A node holds at most two sessions: the
 current one and, from the masking message on, the next one whose keys and shares ride on the
 current round's messages (see :mod:`federated.secure_fedavg`). Only key material is kept
-between messages; the model update is trained, masked and sent within one message. The training itself is a pluggable function
-(the default trains :mod:`federated.task`'s MLP on this node's partition), which lets the
-benchmark swap in a synthetic model of any size.
+between messages; the model update is trained, masked and sent within one message. The
+training itself is a pluggable function (the default trains :mod:`federated.task`'s MLP on
+this node's partition), which lets the benchmark swap in a synthetic model of any size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,13 +34,21 @@ from federated.secure_fedavg import (
 )
 from secure_agg import SecAggClient, SecAggError
 
-STATE_KEY = "secagg-client"
+STATE_KEY = "secagg-client"  # this session's client
+STATE_NEXT = "secagg-next-client"  # the next session's, once its keys went out
 LocalTrain = Callable[[ArrayRecord, Context, int], tuple[dict[str, np.ndarray], int, float]]
 
 
-def train_task_model(arrays: ArrayRecord, context: Context, server_round: int,
+def train_task_model(arrays: ArrayRecord | Mapping[str, np.ndarray], context: Context, server_round: int,
                      overrides: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], int, float]:
     """The default local training: federated.task's MLP on this node's partition.
+
+    Args:
+        arrays: The global model, as an ArrayRecord or as numpy arrays by state-dict name
+            (what a legacy NumPyClient holds).
+        context: This node's context (partition id, run config).
+        server_round: The round; seeds the shuffling.
+        overrides: Run-config keys that win over the context's.
 
     Returns:
         The trained weights, the number of local examples, and the mean training loss.
@@ -54,16 +62,16 @@ def train_task_model(arrays: ArrayRecord, context: Context, server_round: int,
     settings = FedSettings.from_run_config(rest)
     pid = int(context.node_config["partition-id"])
     model = load_model(settings.dataset, settings.hidden, settings.seed)
-    set_weights(model, arrays)
+    if isinstance(arrays, ArrayRecord):
+        set_weights(model, arrays)
+    else:
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, strict=True)
     n, loss = local_update(settings, pid, server_round, model)
     return weights_to_numpy(get_weights(model)), n, loss
 
 
-STATE_NEXT = "secagg-next-client"
-
-
-def _reply(msg: Message, payload: bytes | None, nxt: bytes | None = None) -> Message:
-    record = {k: v for k, v in ((THIS, payload), (NEXT, nxt)) if v is not None}
+def _reply(msg: Message, payload: bytes, nxt: bytes | None = None) -> Message:
+    record = {THIS: payload, **({NEXT: nxt} if nxt is not None else {})}
     return Message(content=RecordDict({PAYLOAD: ConfigRecord(record)}), reply_to=msg)
 
 

@@ -104,6 +104,13 @@ def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x.detach() - y.detach()).abs().max()) for x, y in zip(a, b, strict=True))
 
 
+def _average_grads(model: nn.Module, world: int) -> None:
+    """Plain data parallel's step: every gradient summed with torch's all_reduce, then averaged."""
+    for p in model.parameters():
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
 def _nbytes(tensors: list[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors`` (views of one buffer count once)."""
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
@@ -128,9 +135,7 @@ def zero_worker(rank: int, world: int, spec: ZeroSpec) -> dict[str, Any]:
         x, y = _batch(spec, rank, t, dtype)
         opt.zero_grad()
         loss_fn(ref(x), y).backward()
-        for p in ref.parameters():
-            dist.all_reduce(p.grad)
-            p.grad /= world
+        _average_grads(ref, world)
         if t == spec.steps - 1:
             mem = {"params": _nbytes(list(ref.parameters())), "grads": _nbytes([p.grad for p in ref.parameters()])}
         opt.step()
@@ -161,9 +166,7 @@ def zero_worker(rank: int, world: int, spec: ZeroSpec) -> dict[str, Any]:
             x, y = _batch(spec, rank, t, dtype)
             zro.zero_grad()
             loss_fn(model(x), y).backward()
-            for p in model.parameters():
-                dist.all_reduce(p.grad)
-                p.grad /= world
+            _average_grads(model, world)
             zro.step()
         zstate = [v for s in zro.optim.state.values() for v in s.values() if v.dim() > 0]
         out["torch_zero1"] = {"memory": {"params": _nbytes(list(model.parameters())),
