@@ -1,11 +1,20 @@
 """``python -m experiments`` (also the ``agora`` command): run, resume, list, gallery.
 
-A user's mistake prints one line starting with ``error:`` and exits with status 2.
+Exit status and stderr:
+
+* 0: done.
+* 1: the experiment failed; one line names the run directory, whose log.txt has the traceback.
+* 2: a user's mistake (config, command line, run directory); one line starting ``error:``,
+  and nothing is written.
+* 128 + N: stopped by signal N (143 for SIGTERM, 130 for Ctrl-C); the run is marked
+  ``interrupted`` and `resume` continues it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -59,7 +68,25 @@ def _list() -> None:
         print(f"  {name:28s} ({spec.axis}) {spec.description}")
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    from experiments.runner import RunInterrupted
+
+    raise RunInterrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`... | head -1`): stop quietly, and keep Python's own flush at
+        # exit from failing on the closed pipe.
+        with open(os.devnull, "w") as devnull:  # noqa: PTH123
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     # Overrides may come before or after options (`run CFG --out D a=1`); argparse alone
     # stops collecting positionals at the first option.
@@ -71,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from experiments.runner import RunInterrupted
+
+    import threading
+
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         if args.command == "run":
             from experiments import runner
@@ -90,12 +122,30 @@ def main(argv: list[str] | None = None) -> int:
             page = gallery.build(args.dirs, out)
             print(page.resolve())
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; `python -m experiments resume DIR` continues from the last checkpoint", file=sys.stderr)
-        return 130
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, RunInterrupted) else signal.SIGINT
+        where = getattr(exc, "rundir", None)
+        hint = f"; `python -m experiments resume {where}` continues from the last checkpoint" if where else ""
+        print(f"interrupted by {signal.Signals(signum).name}{hint}", file=sys.stderr)
+        return 128 + signum
+    except Exception as exc:
+        where = getattr(exc, "agora_rundir", None)
+        if where is None:
+            raise  # not a run's failure: a bug of ours, and its traceback is the report
+        print(f"failed: {where}: {_one_line(f'{type(exc).__name__}: {exc}')} (traceback in {Path(where) / 'log.txt'})",
+              file=sys.stderr)
+        return 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     return 0
+
+
+def _one_line(message: object, limit: int = 2000) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _report(rundir) -> None:  # noqa: ANN001

@@ -16,6 +16,7 @@ wrong types are rejected with the key's full path, a suggestion and the expected
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -34,8 +35,8 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    seed: int = Field(0, description="Seed of every generator in the run.")
-    description: str = Field("", description="One line shown by `list` and in the gallery.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of every generator in the run (0 .. 2**32-1).")
+    description: str = Field("", max_length=1000, description="One line shown by `list` and in the gallery.")
 
 
 class Section(BaseModel):
@@ -69,16 +70,46 @@ def resolve_config_path(config: str | Path) -> Path:
     )
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of overrides; more is a wrong file
+MAX_ALIASES = 100  # YAML aliases per document: enough for sharing, too few for an alias bomb
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents with more than MAX_ALIASES aliases.
+
+    A few lines of nested aliases (``b: [*a, *a, ...]``) expand to billions of nodes once
+    copied or printed; counting aliases stops that before anything is built.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: ANN401
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name); write the values out")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with a bound on aliases (see :class:`_BoundedLoader`)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 -- a SafeLoader subclass
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Reads a YAML mapping; a clear error for unreadable or non-mapping files."""
+    """Reads a YAML mapping; a clear error for unreadable, binary, huge or non-mapping files."""
     try:
-        text = Path(path).read_text()
+        if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES >> 20} MiB; is it a config?")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); is it a config?") from None
+    if "\x00" in text:
+        raise UserError(f"config file {str(path)!r} holds NUL bytes; is it a config?")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {str(path)!r} is not valid YAML: {exc}".replace("\n", " ")) from None
+        raise UserError(f"config file {str(path)!r} is not valid YAML: {_short(exc, 300)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -96,7 +127,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"override {text!r} is not of the form key=value or key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -166,9 +197,22 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return model
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``value`` as one line of at most ``limit`` characters (long inputs are cut, not dumped)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return _short(msg[:1].lower() + msg[1:], 400)
+
+
 def _format_error(model: type[BaseModel], err: dict[str, Any], kind: str) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
+    if not loc:  # a check of the whole config (a model validator): its message names the keys
+        return f"config of kind {kind!r} is invalid: {_message(err)}"
     parent = _model_at(model, tuple(p for p in loc[:-1]))
     if err["type"] == "extra_forbidden":
         allowed = sorted(parent.model_fields) if parent else []
@@ -183,16 +227,37 @@ def _format_error(model: type[BaseModel], err: dict[str, Any], kind: str) -> str
     expected = f" (expected {_type_name(field.annotation)})" if field is not None else ""
     if err["type"] == "missing":
         return f"config key {key!r} is required for kind {kind!r}{expected}"
-    return f"config key {key!r} = {err.get('input')!r} is invalid: {err['msg'][:1].lower() + err['msg'][1:]}{expected}"
+    if isinstance(err.get("input"), dict) and field is not None and _submodel(field.annotation) is not None:
+        # A section's own check: say which section, not its whole contents.
+        return f"config section {key!r} is invalid: {_message(err)}"
+    return f"config key {key!r} = {_short(repr(err.get('input')))} is invalid: {_message(err)}{expected}"
 
 
 def validate(model: type[ExperimentConfig], data: dict[str, Any], kind: str) -> ExperimentConfig:
     """Validates ``data`` against ``model``; raises UserError with every problem on one line."""
     try:
-        return model.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as exc:
         problems = [_format_error(model, e, kind) for e in exc.errors()]
         raise UserError("; ".join(problems)) from None
+    except (TypeError, ValueError, RecursionError) as exc:  # a validator that choked on odd input
+        raise UserError(f"config of kind {kind!r} is invalid: {_short(exc, 400)}") from None
+    # Every number is finite: a NaN learning rate or an infinite rate is a typo, never a setting.
+    bad = [(path, v) for path, v in _numbers(cfg.model_dump()) if not math.isfinite(v)]
+    if bad:
+        raise UserError("; ".join(f"config key {p!r} = {v} is invalid: must be a finite number" for p, v in bad))
+    return cfg
+
+
+def _numbers(value: Any, path: str = "") -> typing.Iterator[tuple[str, float]]:
+    if isinstance(value, float):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _numbers(v, f"{path}.{i}")
 
 
 def to_plain(cfg: BaseModel) -> dict[str, Any]:

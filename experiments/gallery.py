@@ -46,42 +46,64 @@ def find_runs(paths: list[str | Path]) -> list[RunDir]:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    return html.escape(str(value))
+    return _esc(value)
+
+
+def _esc(value: Any) -> str:
+    """Any value from a summary, as HTML text or an attribute value (quotes escaped too)."""
+    return html.escape(str(value), quote=True)
+
+
+def _check_out(out: Path) -> None:
+    where = f"gallery --out {str(out)!r}"
+    if out.is_dir():
+        raise UserError(f"{where} is a directory; name the page to write (e.g. {str(out / 'gallery.html')!r})")
+    if out.exists() and not out.is_file():
+        raise UserError(f"{where} exists and is not a regular file")
+    resolved = out.resolve()
+    if resolved.parts[1:2] and resolved.parts[1] in ("proc", "sys", "dev"):
+        raise UserError(f"{where} is under /{resolved.parts[1]}, which holds no files")
 
 
 def build(paths: list[str | Path], out: str | Path, *, title: str = "Agora gallery") -> Path:
     """Writes the gallery page of the runs under ``paths`` to ``out``; returns its path."""
-    runs = find_runs(paths)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_out(out)
+    runs = find_runs(paths)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"gallery --out {str(out)!r}: cannot create its folder: {exc.strerror or exc}") from None
     base = out.parent.resolve()
     by_axis: dict[str, list[tuple[RunDir, dict[str, Any]]]] = {a: [] for a in AXES}
     for r in runs:
         summary = r.read_summary()
         if summary.get("kind") == "tour":
             continue
-        by_axis.setdefault(summary.get("axis", "intelligence"), []).append((r, summary))
+        by_axis.setdefault(str(summary.get("axis", "intelligence")), []).append((r, summary))
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              "<p class='meta'>Every picture below was drawn by a live run; numbers are from its summary.json.</p><nav>"]
-    parts += [f"<a href='#{a}'>{AXES.get(a, a)} ({len(v)})</a>" for a, v in by_axis.items()]
+    parts += [f"<a href='#{_esc(a)}'>{_esc(AXES.get(a, a))} ({len(v)})</a>" for a, v in by_axis.items()]
     parts.append("</nav>")
     for axis, items in by_axis.items():
-        parts.append(f"<h2 id='{axis}'>{html.escape(AXES.get(axis, axis))}</h2>")
+        parts.append(f"<h2 id='{_esc(axis)}'>{_esc(AXES.get(axis, axis))}</h2>")
         if not items:
             parts.append("<p class='meta'>No runs on this axis yet.</p>")
         for r, s in items:
-            status = s.get("status", "?")
+            status = _esc(s.get("status", "?"))
             rel = os.path.relpath(r.path.resolve(), base)
             parts.append("<div class='run'>")
             parts.append(f"<h3>{html.escape(str(s.get('name', r.path.name)))} <span class='meta'>kind {html.escape(str(s.get('kind')))}</span></h3>")
-            parts.append(f"<div class='meta'>{html.escape(str(s.get('description', '')))} · seed {s.get('seed')} · "
-                         f"<span class='status-{status}'>{status}</span> · {s.get('wall_time_s', '?')} s · "
+            parts.append(f"<div class='meta'>{_esc(s.get('description', ''))} · seed {_esc(s.get('seed'))} · "
+                         f"<span class='status-{status}'>{status}</span> · {_esc(s.get('wall_time_s', '?'))} s · "
                          f"<a href='{html.escape(rel)}/'>{html.escape(rel)}</a></div>")
             if s.get("error"):
                 parts.append(f"<pre>{html.escape(str(s['error']))}</pre>")
             headline = s.get("headline") or {}
+            if not isinstance(headline, dict):
+                headline = {"headline": headline}
             if headline:
                 parts.append("<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in headline.items()) + "</table>")
             figs = r.figures()
@@ -93,5 +115,8 @@ def build(paths: list[str | Path], out: str | Path, *, title: str = "Agora galle
                 parts.append("</div>")
             parts.append("</div>")
     parts.append("</body></html>")
-    atomic_write_text(out, "\n".join(parts))
+    try:
+        atomic_write_text(out, "\n".join(parts))
+    except OSError as exc:
+        raise UserError(f"gallery --out {str(out)!r} cannot be written: {exc.strerror or exc}") from None
     return out

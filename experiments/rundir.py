@@ -11,20 +11,27 @@
     DIR/log.txt
 
 Every file but the two append-only logs is written atomically (temporary file, then rename).
-A checkpoint records how many metric lines existed when it was taken; resuming truncates the
-logs back to that point, so a resumed run writes the same lines as an uninterrupted one.
+A checkpoint records how many metric lines existed when it was taken (and their SHA-256);
+resuming checks those lines are still there, unchanged, then truncates the logs back to that
+point, so a resumed run writes the same lines as an uninterrupted one. Checkpoints hold data,
+never pickled objects (:mod:`experiments.checkpoint`).
+
+``DIR/.lock`` holds the pid of the one process working in the directory; it is created with
+``O_CREAT | O_EXCL``, so of two processes only one gets it. A lock or a ``running`` summary whose
+process is gone (kill -9, power loss) is recognised as such: the run reads as ``interrupted``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import io
 import json
 import logging
 import math
 import os
-import pickle
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -33,6 +40,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from experiments import checkpoint as _ckpt
 from experiments.errors import UserError
 
 STATUSES = ("running", "complete", "failed", "interrupted")
@@ -120,21 +128,98 @@ class RunDir:
     figures_dir = property(lambda self: self.path / "figures")
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
     log_path = property(lambda self: self.path / "log.txt")
-    checkpoint_path = property(lambda self: self.path / "checkpoints" / "latest.pkl")
+    checkpoint_path = property(lambda self: self.path / "checkpoints" / "latest.npz")
+    lock_path = property(lambda self: self.path / ".lock")
 
     @staticmethod
     def is_run(path: str | Path) -> bool:
         p = Path(path)
         return (p / "summary.json").is_file() and (p / "config.yaml").is_file()
 
+    def check_new(self) -> None:
+        """Refuses, before anything is written, a path a new run cannot be created at.
+
+        Raises:
+            UserError: when the path is a file or device, lies under /proc, /sys or /dev,
+                is a non-empty directory, or cannot be created or written.
+        """
+        where = f"output directory (--out) {str(self.path)!r}"
+        resolved = self.path.resolve()
+        if resolved.parts[1:2] and resolved.parts[1] in ("proc", "sys", "dev"):
+            raise UserError(f"{where} is under /{resolved.parts[1]}, which holds no files; choose a folder on disk")
+        if self.path.exists() or self.path.is_symlink():
+            if not self.path.is_dir():
+                raise UserError(f"{where} exists and is not a directory; choose a new folder")
+            try:
+                busy = any(self.path.iterdir())
+            except OSError as exc:
+                raise UserError(f"{where} cannot be read: {exc.strerror}") from None
+            if busy:
+                raise UserError(f"{where} exists and is not empty; choose another --out")
+            target = self.path
+        else:
+            target = self.path.parent
+            while not target.exists() and target != target.parent:
+                target = target.parent
+            if not target.is_dir():
+                raise UserError(f"{where} cannot be created: {str(target)!r} is not a directory")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise UserError(f"{where} cannot be created: {str(target)!r} is not writable")
+
     def create(self, resolved: dict[str, Any]) -> None:
-        """Creates the folder for a new run; refuses to write into a non-empty one."""
-        if self.path.exists() and any(self.path.iterdir()):
-            raise UserError(f"output directory {str(self.path)!r} exists and is not empty; choose another --out")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.figures_dir.mkdir(exist_ok=True)
-        self.checkpoints_dir.mkdir(exist_ok=True)
-        atomic_write_text(self.config_path, yaml.safe_dump(resolved, sort_keys=False))
+        """Creates the folder for a new run and takes its lock; refuses a non-empty one."""
+        self.check_new()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.acquire_lock()
+            self.figures_dir.mkdir(exist_ok=True)
+            self.checkpoints_dir.mkdir(exist_ok=True)
+            atomic_write_text(self.config_path, yaml.safe_dump(resolved, sort_keys=False))
+        except OSError as exc:
+            raise UserError(f"cannot create run directory {str(self.path)!r}: {exc.strerror or exc}") from None
+
+    # The lock --------------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        """Takes ``DIR/.lock`` for this process, breaking a lock whose process is gone.
+
+        Raises:
+            UserError: when a live process holds it.
+        """
+        me = _process_tag()
+        for _ in range(5):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_tag(self.lock_path)
+                if holder is not None and holder != me and _tag_alive(holder):
+                    raise UserError(f"run {str(self.path)!r} is in use by process {holder.get('pid')} on "
+                                    f"{holder.get('host')} (lock {str(self.lock_path)!r}); wait for it or stop it") from None
+                # Stale: move it aside atomically. Of two processes breaking it, one rename wins;
+                # a loser that moved a fresh lock of the winner puts it back and gives up.
+                aside = self.lock_path.with_name(f".lock.stale.{os.getpid()}")
+                try:
+                    os.rename(self.lock_path, aside)
+                except FileNotFoundError:
+                    continue
+                moved = _read_tag(aside)
+                if moved is not None and moved != me and _tag_alive(moved):
+                    with contextlib.suppress(OSError):
+                        os.rename(aside, self.lock_path)
+                    raise UserError(f"run {str(self.path)!r} is in use by process {moved.get('pid')} "
+                                    f"(lock {str(self.lock_path)!r})") from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(aside)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(me) + "\n")
+            return
+        raise UserError(f"could not take the lock {str(self.lock_path)!r} (other processes keep taking it)")
+
+    def release_lock(self) -> None:
+        """Removes ``DIR/.lock`` if this process holds it."""
+        if _read_tag(self.lock_path) == _process_tag():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lock_path)
 
     def read_config(self) -> dict[str, Any]:
         try:
@@ -152,6 +237,13 @@ class RunDir:
             raise UserError(f"{str(self.path)!r} is not a readable run directory (summary.json: {exc})") from None
         if not isinstance(data, dict) or data.get("status") not in STATUSES:
             raise UserError(f"{str(self.path)!r} is not a readable run directory (summary.json has no valid status)")
+        if data["status"] == "running" and not _tag_alive(data):
+            # Its process died without a word (kill -9, power loss): say so, and write it down.
+            data["status"] = "interrupted"
+            data["error"] = f"process {data.get('pid')} on {data.get('host')} ended without finishing (killed)"
+            data.pop("pid", None)
+            with contextlib.suppress(OSError):
+                self.write_summary(data)
         return data
 
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -176,14 +268,26 @@ class RunContext:
         seed: The run's seed (also in the config).
         quiet: No progress bars or console logging.
         resume_state: The last checkpoint's state when resuming, else None.
+        config: The resolved config (``kind`` included); a checkpoint records its digest, so
+            `resume` refuses a checkpoint of another config. Default: read from config.yaml.
     """
 
-    def __init__(self, rundir: RunDir, seed: int, *, quiet: bool = False, resume_state: Any = None) -> None:
+    def __init__(self, rundir: RunDir, seed: int, *, quiet: bool = False, resume_state: Any = None,
+                 config: dict[str, Any] | None = None) -> None:
         self.dir = rundir
         self.path = rundir.path
         self.seed = seed
         self.quiet = quiet
         self.resume_state = resume_state
+        self._config = config if config is not None else (rundir.read_config() if rundir.config_path.exists() else {})
+        # The digest of metrics.jsonl so far, kept up to date line by line: a checkpoint
+        # records it without rereading the file.
+        self._metrics_hash = hashlib.sha256()
+        self._metrics_lines = 0
+        for line in _complete_lines(rundir.metrics_path):
+            self._metrics_hash.update(line)
+            self._metrics_lines += 1
+        self._timings_lines = _count_lines(rundir.timings_path)
         self.logger = _make_logger(rundir, quiet)
 
     @property
@@ -194,11 +298,14 @@ class RunContext:
     # Logs -------------------------------------------------------------------------------
     def log(self, **values: Any) -> None:
         """Appends one JSON object to metrics.jsonl. Only deterministic values belong here."""
-        _append_line(self.dir.metrics_path, values)
+        line = _append_line(self.dir.metrics_path, values)
+        self._metrics_hash.update(line)
+        self._metrics_lines += 1
 
     def log_timing(self, **values: Any) -> None:
         """Appends one JSON object of wall-clock measurements to timings.jsonl."""
         _append_line(self.dir.timings_path, values)
+        self._timings_lines += 1
 
     def info(self, message: str) -> None:
         """One line to log.txt (and the console unless quiet)."""
@@ -229,38 +336,151 @@ class RunContext:
 
     # Checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, state: Any) -> None:
-        """Saves ``state`` (anything picklable: tensors, arrays, RNG states) atomically.
+        """Saves ``state`` atomically as data (see :mod:`experiments.checkpoint`).
 
-        The checkpoint remembers how many metric and timing lines exist, so `resume` can drop
-        lines written after it.
+        ``state`` holds plain data: dicts, lists, tuples, numbers, strings, numpy arrays and
+        torch tensors (a ``state_dict()``, an RNG's state). The checkpoint also records the
+        run's kind, seed and config digest and how many metric and timing lines exist (with
+        the metric lines' digest), so `resume` can check the directory and drop later lines.
+
+        Raises:
+            TypeError: when ``state`` holds something that is not plain data.
         """
-        payload = {
-            "state": state,
-            "metrics_lines": _count_lines(self.dir.metrics_path),
-            "timings_lines": _count_lines(self.dir.timings_path),
+        document = {
+            "kind": self._config.get("kind"),
+            "seed": self.seed,
+            "config_sha256": config_digest(self._config),
+            "metrics_lines": self._metrics_lines,
+            "metrics_sha256": self._metrics_hash.hexdigest(),
+            "timings_lines": self._timings_lines,
             "saved": _now(),
+            "state": state,
         }
-        atomic_write_bytes(self.dir.checkpoint_path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            data = _ckpt.dumps(document)
+        except _ckpt.CheckpointFormatError as exc:
+            raise TypeError(str(exc)) from None
+        atomic_write_bytes(self.dir.checkpoint_path, data)
 
 
-def load_checkpoint(rundir: RunDir) -> Any:
-    """The state of ``rundir``'s last checkpoint (logs truncated to it), or None if none."""
+def config_digest(config: dict[str, Any]) -> str:
+    """SHA-256 of a resolved config in a canonical JSON form."""
+    return hashlib.sha256(json.dumps(to_jsonable(config), sort_keys=True).encode()).hexdigest()
+
+
+def load_checkpoint(rundir: RunDir, config: dict[str, Any] | None = None) -> Any:
+    """The state of ``rundir``'s last checkpoint (logs truncated to it), or None if none.
+
+    Before anything is changed, the checkpoint must be in this project's format and belong to
+    this run (same kind, seed and config), and metrics.jsonl must still hold, unchanged, every
+    line the checkpoint counted.
+
+    Raises:
+        UserError: naming what does not match; the directory is left as it was.
+    """
+    config = rundir.read_config() if config is None else config
+    where = f"cannot resume {str(rundir.path)!r}:"
+    foreign = sorted(p.name for p in rundir.checkpoints_dir.glob("latest.*") if p.name != rundir.checkpoint_path.name) \
+        if rundir.checkpoints_dir.is_dir() else []
     if not rundir.checkpoint_path.exists():
+        if foreign:
+            raise UserError(f"{where} checkpoint {foreign[0]!r} is not in Agora's checkpoint format "
+                            f"(expected {rundir.checkpoint_path.name}); it is not loaded")
         _truncate_lines(rundir.metrics_path, 0)
         _truncate_lines(rundir.timings_path, 0)
         return None
     try:
-        payload = pickle.loads(rundir.checkpoint_path.read_bytes())
-    except Exception as exc:  # a torn or foreign file
-        raise UserError(f"checkpoint {str(rundir.checkpoint_path)!r} cannot be read: {exc}") from None
-    _truncate_lines(rundir.metrics_path, payload["metrics_lines"])
+        payload = _ckpt.loads(rundir.checkpoint_path.read_bytes())
+    except (OSError, _ckpt.CheckpointFormatError) as exc:
+        raise UserError(f"{where} checkpoint {str(rundir.checkpoint_path)!r} is not an Agora checkpoint ({exc}); "
+                        "it is not loaded") from None
+    for key, want in (("kind", config.get("kind")), ("seed", config.get("seed")),
+                      ("config_sha256", config_digest(config))):
+        if payload.get(key) != want:
+            what = "config" if key == "config_sha256" else key
+            got = "another config" if key == "config_sha256" else repr(payload.get(key))
+            raise UserError(f"{where} the checkpoint belongs to {got} ({what}), not this run's {what}"
+                            + ("" if key == "config_sha256" else f" {want!r}"))
+    lines = payload.get("metrics_lines")
+    if not isinstance(lines, int) or lines < 0 or not isinstance(payload.get("timings_lines"), int):
+        raise UserError(f"{where} the checkpoint does not say how many metric lines it covers")
+    if lines and not rundir.metrics_path.exists():
+        raise UserError(f"{where} metrics.jsonl is missing but the checkpoint covers {lines} lines of it")
+    digest = hashlib.sha256()
+    have = 0
+    for line in _complete_lines(rundir.metrics_path):
+        if have == lines:
+            break
+        try:
+            json.loads(line)
+        except ValueError:
+            raise UserError(f"{where} metrics.jsonl line {have + 1} is not JSON (a damaged file)") from None
+        digest.update(line)
+        have += 1
+    if have < lines:
+        raise UserError(f"{where} metrics.jsonl has {have} lines but the checkpoint covers {lines}")
+    if digest.hexdigest() != payload.get("metrics_sha256"):
+        raise UserError(f"{where} the first {lines} lines of metrics.jsonl differ from those the checkpoint saw")
+    _truncate_lines(rundir.metrics_path, lines)
     _truncate_lines(rundir.timings_path, payload["timings_lines"])
     return payload["state"]
 
 
-def _append_line(path: Path, values: dict[str, Any]) -> None:
-    with path.open("a") as fh:
-        fh.write(json.dumps(to_jsonable(values), sort_keys=False) + "\n")
+def _append_line(path: Path, values: dict[str, Any]) -> bytes:
+    line = (json.dumps(to_jsonable(values), sort_keys=False) + "\n").encode()
+    with path.open("ab") as fh:
+        fh.write(line)
+    return line
+
+
+def _complete_lines(path: Path) -> Iterator[bytes]:
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.endswith(b"\n"):
+                yield line
+
+
+# Which process is this: pid, host and the pid's start time (a reused pid has another one).
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # field 22 of proc(5), counted after the command name
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _process_tag() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_start": _start_time(os.getpid())}
+
+
+def _read_tag(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _tag_alive(tag: dict[str, Any]) -> bool:
+    """Whether the process a lock or summary names still runs (unknown hosts count as alive)."""
+    pid = tag.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if tag.get("host") not in (None, socket.gethostname()):
+        return True  # another machine's process: we cannot tell, so we do not call it dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    start = tag.get("pid_start")
+    return start is None or _start_time(pid) in (None, start)
 
 
 def _now() -> str:

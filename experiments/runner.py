@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
+import math
 import signal
-import socket
 import time
 import traceback
 from pathlib import Path
@@ -63,52 +62,97 @@ def run(
 
     Raises:
         UserError: for a bad config or output directory, before anything is written.
+        RunInterrupted: on SIGTERM or Ctrl-C; the run is then marked ``interrupted``.
         Exception: whatever the experiment raised; the run is then marked ``failed``.
     """
     spec, cfg, name = prepare(config, overrides=overrides, seed=seed)
     rundir = RunDir(out if out is not None else default_out(name))
-    rundir.create({"kind": spec.name, **to_plain(cfg)})
-    return _execute(rundir, spec, cfg, name, resume_state=None, quiet=quiet)
+    resolved = {"kind": spec.name, **to_plain(cfg)}
+    rundir.create(resolved)
+    try:
+        return _execute(rundir, spec, cfg, name, resume_state=None, quiet=quiet, resolved=resolved)
+    finally:
+        rundir.release_lock()
 
 
 def resume(path: str | Path, *, quiet: bool = False) -> RunDir:
-    """Continues the run in ``path`` from its last checkpoint."""
+    """Continues the run in ``path`` from its last checkpoint.
+
+    Raises:
+        UserError: when ``path`` is not a run directory, another process works in it, the run
+            finished, or the checkpoint does not match the directory (nothing is changed then).
+    """
     rundir = RunDir(path)
     if not Path(path).is_dir():
         raise UserError(f"run directory {str(path)!r} does not exist")
     if not RunDir.is_run(path):
         raise UserError(f"{str(path)!r} is not a run directory (it needs config.yaml and summary.json)")
     summary = rundir.read_summary()
-    status = summary["status"]
-    if status == "complete":
+    if summary["status"] == "complete":
         raise UserError(f"run {str(path)!r} already finished (status complete); start a new one with `run`")
-    if status == "running" and _alive(summary):
+    if summary["status"] == "running":
         raise UserError(f"run {str(path)!r} is still running (pid {summary.get('pid')}); stop it before resuming")
-    data = rundir.read_config()
-    spec = get_kind(data.pop("kind", None))
-    cfg = validate(spec.config, data, spec.name)
-    state = load_checkpoint(rundir)
-    return _execute(rundir, spec, cfg, summary.get("name", spec.name), resume_state=state, quiet=quiet,
-                    previous=summary)
-
-
-def _alive(summary: dict[str, Any]) -> bool:
-    pid = summary.get("pid")
-    if not isinstance(pid, int) or summary.get("host") != socket.gethostname() or pid == os.getpid():
-        return False
     try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+        rundir.acquire_lock()
+    except OSError as exc:
+        raise UserError(f"cannot resume {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        summary = rundir.read_summary()  # again, now that no other process can change it
+        if summary["status"] == "complete":
+            raise UserError(f"run {str(path)!r} already finished (status complete); start a new one with `run`")
+        data = rundir.read_config()
+        spec = get_kind(data.pop("kind", None))
+        cfg = validate(spec.config, data, spec.name)
+        resolved = {"kind": spec.name, **data}
+        state = load_checkpoint(rundir, resolved)
+        return _execute(rundir, spec, cfg, summary.get("name", spec.name), resume_state=state, quiet=quiet,
+                        previous=summary, resolved=resolved)
+    finally:
+        rundir.release_lock()
 
 
-class _Terminated(Exception):
-    pass
+class RunInterrupted(BaseException):
+    """A run stopped by a signal (SIGTERM, SIGINT); it is marked ``interrupted``.
+
+    A BaseException, like KeyboardInterrupt, so that code catching ``Exception`` (a tour going
+    on past a failed run) does not swallow a request to stop.
+
+    Args:
+        signum: The signal's number.
+        rundir: The run directory, once one exists.
+    """
+
+    def __init__(self, signum: int, rundir: Path | None = None) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+        self.rundir = rundir
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated(f"terminated by signal {signum}")
+def _on_signal(signum: int, frame: Any) -> None:
+    raise RunInterrupted(signum)
+
+
+def non_finite(value: Any, path: str = "") -> tuple[str, Any] | None:
+    """The path and value of the first NaN or infinite number in ``value`` (nested), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) or type(value).__module__ == "numpy":
+        try:
+            bad = not math.isfinite(float(value))
+        except (TypeError, ValueError):
+            return None
+        return (path or "<value>", value) if bad else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = non_finite(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = non_finite(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def _execute(
@@ -120,7 +164,10 @@ def _execute(
     resume_state: Any,
     quiet: bool,
     previous: dict[str, Any] | None = None,
+    resolved: dict[str, Any] | None = None,
 ) -> RunDir:
+    from experiments.rundir import _process_tag
+
     summary: dict[str, Any] = {
         "name": name,
         "kind": spec.name,
@@ -128,25 +175,36 @@ def _execute(
         "description": cfg.description or spec.description,
         "seed": cfg.seed,
         "status": "running",
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
+        **_process_tag(),
         "started": (previous or {}).get("started") or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "resumed": (previous or {}).get("resumed", 0) + (1 if previous else 0),
         "headline": {},
     }
     rundir.write_summary(summary)
-    ctx = RunContext(rundir, cfg.seed, quiet=quiet, resume_state=resume_state)
+    ctx = RunContext(rundir, cfg.seed, quiet=quiet, resume_state=resume_state, config=resolved)
     ctx.info(f"{'resuming' if previous else 'starting'} {spec.name} ({name}) in {rundir.path}")
-    old = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    main = _main_thread()
+    old = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.signal(signal.SIGTERM, _on_signal)} \
+        if main else {}
     t0 = time.perf_counter()
     try:
         headline = spec.run(cfg, ctx) or {}
-    except (KeyboardInterrupt, _Terminated, SystemExit) as exc:  # Flower turns SIGTERM into SystemExit
-        summary.update(status="interrupted", error=str(exc) or "interrupted")
-        raise
+        bad = non_finite(headline)
+        if bad:
+            raise FloatingPointError(f"headline value {bad[0]!r} is {bad[1]}, not a finite number")
+    except (KeyboardInterrupt, RunInterrupted, SystemExit) as exc:  # Flower turns SIGTERM into SystemExit
+        if main:  # a second signal must not tear the summary being written
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+        signum = exc.signum if isinstance(exc, RunInterrupted) else (
+            signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
+        summary.update(status="interrupted", error=f"interrupted by {signal.Signals(signum).name}")
+        ctx.info(f"interrupted by {signal.Signals(signum).name}")
+        raise RunInterrupted(signum, rundir.path) from exc
     except BaseException as exc:
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         ctx.info("".join(traceback.format_exception(exc)))
+        exc.agora_rundir = rundir.path  # type: ignore[attr-defined]  # the CLI names it
         raise
     else:
         summary.update(status="complete", headline=headline)
@@ -156,10 +214,13 @@ def _execute(
             wall_time_s=round(time.perf_counter() - t0 + (previous or {}).get("wall_time_s", 0.0), 3),
             figures=[str(p.relative_to(rundir.path)) for p in rundir.figures()],
         )
-        summary.pop("pid", None)
+        for key in ("pid", "host", "pid_start"):
+            summary.pop(key, None)
         rundir.write_summary(summary)
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        if main:
+            for sig, handler in old.items():
+                if handler is not None:  # None: installed outside Python, cannot be put back
+                    signal.signal(sig, handler)
         for h in list(ctx.logger.handlers):
             ctx.logger.removeHandler(h)
             h.close()

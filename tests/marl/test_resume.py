@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from experiments.rundir import RunDir
+
 CONFIG = {
     "kind": "mappo",
     "seed": 3,
@@ -36,7 +38,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
     proc = _cli("run", str(config), "--out", str(killed), "--quiet")
     try:
         deadline = time.monotonic() + 300
-        while not (killed / "checkpoints" / "latest.pkl").exists() or _updates(killed) < 4:
+        while not RunDir(killed).checkpoint_path.exists() or _updates(killed) < 4:
             assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.01)
