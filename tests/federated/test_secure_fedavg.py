@@ -19,22 +19,29 @@ F32 = np.finfo(np.float32).eps
 
 def test_client_vectors_sum_to_the_weighted_average() -> None:
     # Pure check of the client-side weighting: the secure sum of client_vector()s, decoded as
-    # SecureFedAvg decodes it, is the example-weighted mean (Flower's FedAvg rule).
+    # SecureAggregation decodes it, is the example-weighted mean (Flower's FedAvg rule); a
+    # metric one client lacks is averaged over the clients that report it.
     rng = np.random.default_rng(0)
     like = {"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float32)}
     models = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in like.items()} for _ in range(4)]
     counts, losses = [10, 50, 7, 33], [0.5, 1.0, 2.0, 0.25]
-    params = SecAggParams(clip=8.0, bits=32, max_weight=100)
-    vectors = [client_vector(m, n, loss, params, 4) for m, n, loss in zip(models, counts, losses, strict=True)]
+    metrics = [{"train_loss": loss} for loss in losses]
+    del metrics[2]["train_loss"]  # client 2 reports no loss
+    vectors = [client_vector(m, n, met, ("train_loss",), clip=8.0, bits=32, max_weight=100, num_clients=4)
+               for m, n, met in zip(models, counts, metrics, strict=True)]
     total = simulate(vectors, 3, seed=0).aggregate.astype(np.uint64)
     q = Quantization(8.0, 32).for_clients(4)
     summed = q.dequantize(total[:-1], 4)
     assert int(total[-1]) == sum(counts)
-    scale = params.max_weight / sum(counts)
+    scale = 100 / sum(counts)
     ref = sum(n * flatten(m) for m, n in zip(models, counts, strict=True)) / sum(counts)
     bound = q.error_bound(4) * scale
-    assert np.max(np.abs(summed[:-1] * scale - ref)) <= bound
-    assert abs(summed[-1] * scale - np.dot(counts, losses) / sum(counts)) <= bound
+    size = ref.size
+    assert np.max(np.abs(summed[:size] * scale - ref)) <= bound
+    reporting = [0, 1, 3]
+    loss_ref = sum(counts[i] * losses[i] for i in reporting) / sum(counts[i] for i in reporting)
+    assert abs(summed[size] / summed[size + 1] - loss_ref) <= 1e-6
+    assert abs(summed[size + 1] * 100 - sum(counts[i] for i in reporting)) <= 1e-3
     back = unflatten(ref, like)
     assert back["w"].shape == (3, 4) and back["b"].dtype == np.float32
 
@@ -48,7 +55,13 @@ def test_params_validation_and_run_config_split() -> None:
     with pytest.raises(ValueError, match="unknown run-config key 'secagg-foo'"):
         split_run_config({"secagg-foo": 1})
     with pytest.raises(SecAggError, match="max-weight"):
-        client_vector({"w": np.zeros(2)}, 500, 0.0, SecAggParams(max_weight=100), 3)
+        client_vector({"w": np.zeros(2)}, 500, {}, (), clip=8.0, bits=32, max_weight=100, num_clients=3)
+    # The threshold is raised to the clients' own minimum: more than half, two thirds if active.
+    assert SecAggParams(threshold=0.1).threshold_for(10) == 6
+    assert SecAggParams(threshold=0.1, active=True).threshold_for(9) == 7
+    assert SecAggParams.from_run_config({"secagg-active": True}).active is True
+    with pytest.raises(ValueError, match="secagg-active must be true or false"):
+        SecAggParams.from_run_config({"secagg-active": "yes"})
 
 
 def test_pipelined_rounds_match_flower_fedavg_through_a_failure() -> None:

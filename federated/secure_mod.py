@@ -1,0 +1,319 @@
+"""Secure aggregation for any Flower Message-API app: the client mod.
+
+A user adds one line to their own, otherwise unchanged ClientApp::
+
+    from federated import secure_agg_mod
+
+    app = ClientApp(mods=[secure_agg_mod])
+
+    @app.train()
+    def train(msg, context):          # the user's handler, as in Flower's quickstart
+        ...
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(
+            {"train_loss": loss, "num-examples": n})}), reply_to=msg)
+
+The mod answers the protocol messages of :class:`federated.SecureAggregation` itself (they
+are ``train`` messages carrying a ``"secagg"`` ConfigRecord; every other message passes
+through untouched). For the masking message it calls the user's train handler with a plain
+``train`` message (the strategy's arrays and config, nothing of the protocol), weights the
+returned ``arrays`` and the listed metrics by the reply's ``num-examples``, quantizes them,
+masks them and replies with the masked vector only: the update never leaves the node in
+the clear.
+
+Where secrets come from: the client's keys, self-mask seed and Shamir coefficients are drawn
+from the operating system (``os.urandom``). A reproducible seed for tests may come only from
+the node's own side: the node config key ``secagg-seed`` (``flower-supernode --node-config
+"secagg-seed=7"``) or the ``seed`` argument of :func:`make_secure_agg_mod`; never from a
+server message or the run config (both are the server's). Each session mixes in a counter
+kept in the node's state, so even a seeded node never repeats a secret.
+
+Between messages the protocol state (key material only) lives in ``context.state``, so it
+survives in both the simulation and the deployment engine.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
+
+from federated.secure_aggregation import (
+    CHECK,
+    MASK,
+    NEXT,
+    PAYLOAD,
+    SETUP,
+    SHARE,
+    STEP,
+    THIS,
+    UNMASK,
+)
+from secure_agg import Quantization, SecAggClient, SecAggError
+
+STATE_KEY = "secagg-client"  # this session's client
+STATE_NEXT = "secagg-next-client"  # the next session's, once its keys went out
+STATE_COUNT = "secagg-sessions"  # sessions this node opened (mixed into a seeded node's secrets)
+SEED_KEY = "secagg-seed"  # node-config key of a reproducible (test) seed
+IDENTITY_KEY = "secagg-identity-key"  # node-config key: path of this node's signing key (active mode)
+TRUSTED_KEYS = "secagg-trusted-keys"  # node-config key: path of the trusted public keys (active mode)
+
+ClientAppCallable = Callable[[Message, Context], Message]
+Identity = Callable[[Context], tuple[Any, Any]]
+
+
+class _HandlerFailed(Exception):
+    """Carries an exception of the user's own handler past the mod's error handling."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def client_vector(arrays: Mapping[str, Any], num_examples: int, metrics: Mapping[str, Any],
+                  metric_names: tuple[str, ...], *, clip: float, bits: int, max_weight: int,
+                  num_clients: int) -> np.ndarray:
+    """A client's input to secure aggregation, quantized: weighted arrays, metrics, then n_k.
+
+    With ``w = num_examples / max_weight`` the layout is ``[w * arrays..., w * m, w (or 0 when
+    the metric is absent) for each metric name, num_examples]``; summed over clients, the
+    server divides by the summed weights, which gives the example-weighted means.
+
+    Raises:
+        SecAggError: ``num_examples`` is not an integer in [1, max_weight] or could wrap the sum.
+    """
+    if not 0 < num_examples <= max_weight:
+        raise SecAggError(f"a client has {num_examples} examples; secagg-max-weight ({max_weight}) must bound it")
+    limit = ((1 << bits) - 1) // num_clients
+    if num_examples > limit:
+        raise SecAggError(f"{num_clients} clients with up to {num_examples} examples could wrap modulo 2**{bits}")
+    quantizer = Quantization(clip, bits).for_clients(num_clients)
+    w = num_examples / max_weight
+    sizes = [int(np.size(v)) for v in arrays.values()]
+    size = sum(sizes)
+    # Everything in one float64 buffer, multiplied in place (this runs on the full model).
+    x = np.empty(size + 2 * len(metric_names), dtype=np.float64)
+    pos = 0
+    for v, n in zip(arrays.values(), sizes, strict=True):
+        np.multiply(np.asarray(v).reshape(-1), w, out=x[pos:pos + n], dtype=np.float64)
+        pos += n
+    for i, name in enumerate(metric_names):
+        value = metrics.get(name)
+        present = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+        x[size + 2 * i] = w * float(value) if present else 0.0
+        x[size + 2 * i + 1] = w if present else 0.0
+    q = quantizer.quantize(x)
+    return np.concatenate([q, np.array([num_examples], dtype=q.dtype)])
+
+
+def _error(msg: Message, reason: str) -> Message:
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=f"secure aggregation: {reason}"),
+                   reply_to=msg)
+
+
+def _reply(msg: Message, payload: bytes, nxt: bytes | None = None) -> Message:
+    record = ConfigRecord({THIS: payload, **({NEXT: nxt} if nxt is not None else {})})
+    return Message(content=RecordDict({PAYLOAD: record}), reply_to=msg)
+
+
+def _load(context: Context, key: str = STATE_KEY) -> SecAggClient:
+    if key not in context.state:
+        raise SecAggError("no secure-aggregation session on this node: its opening messages never arrived")
+    return SecAggClient.from_bytes(context.state[key]["client"])
+
+
+def _save(context: Context, client: SecAggClient, key: str = STATE_KEY) -> None:
+    context.state[key] = ConfigRecord({"client": client.to_bytes()})
+
+
+def _forget(context: Context, *keys: str) -> None:
+    for key in keys:
+        if key in context.state:
+            del context.state[key]
+
+
+def _field(record: ConfigRecord, key: str, kind: type) -> Any:
+    value = record.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SecAggError(f"the server's '{PAYLOAD}' record lacks {key!r} of type {kind.__name__}")
+    return value
+
+
+_CLIENT_KWARGS = set(inspect.signature(SecAggClient.__init__).parameters)
+
+
+def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | None = None) -> Callable[..., Message]:
+    """A client mod running secure aggregation (see the module docstring).
+
+    Args:
+        seed: A reproducible seed for this node's secrets (tests only; ``None`` reads the node
+            config key ``secagg-seed``, and without it every secret comes from the OS).
+        identity: ``f(context) -> (identity_key, trusted_keys)`` for ``active`` sessions (a
+            test hook); ``None`` reads the key files named by the node config keys
+            ``secagg-identity-key`` and ``secagg-trusted-keys``.
+    """
+
+    def node_seed(context: Context) -> str | None:
+        own = seed if seed is not None else context.node_config.get(SEED_KEY)
+        if own is None:
+            return None
+        # A counter in the node's own state: a seeded node never draws the same secret twice,
+        # whatever the server sends.
+        count = int(context.state[STATE_COUNT]["n"]) + 1 if STATE_COUNT in context.state else 1
+        context.state[STATE_COUNT] = ConfigRecord({"n": count})
+        return f"{own}|node-{context.node_id}|session-{count}"
+
+    def new_client(context: Context, record: ConfigRecord) -> SecAggClient:
+        pid = _field(record, "id", int)
+        kwargs: dict[str, Any] = {"seed": node_seed(context)}
+        if record.get("active"):
+            if "active" not in _CLIENT_KWARGS:
+                raise SecAggError("the server asks for active mode, which this client's secure_agg does not support")
+            key, trusted = identity(context) if identity is not None else _identity_from_node_config(context)
+            kwargs.update(active=True, identity_key=key, trusted_keys=trusted)
+        return SecAggClient(pid, **kwargs)
+
+    def train_and_mask(msg: Message, context: Context, call_next: ClientAppCallable, record: ConfigRecord,
+                       client: SecAggClient) -> Message | bytes:
+        # The user's handler sees a plain train message: the strategy's records only.
+        like_key = record.get("array-key", "arrays")
+        msg.content = RecordDict({k: v for k, v in msg.content.items() if k != PAYLOAD})
+        if like_key not in msg.content or not isinstance(msg.content[like_key], ArrayRecord):
+            raise SecAggError(f"the masking message carries no ArrayRecord {like_key!r}")
+        names = list(msg.content[like_key].keys())
+        try:
+            reply = call_next(msg, context)
+        except Exception as exc:
+            raise _HandlerFailed(exc) from exc
+        if reply.has_error():
+            return reply
+        arrays = _reply_arrays(reply, like_key)
+        if set(arrays) != set(names):
+            raise SecAggError(f"the train handler returned arrays {sorted(arrays)}, the global model has {sorted(names)}")
+        weight_key = _field(record, "weight-key", str)
+        metrics = _reply_metrics(reply)
+        n = metrics.get(weight_key)
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n):
+            raise SecAggError(f"the train handler's reply needs an integer metric {weight_key!r}, got {n!r}")
+        metric_names = tuple(m for m in _field(record, "metrics", str).split(",") if m)
+        vector = client_vector({k: arrays[k] for k in names}, int(n), metrics, metric_names,
+                               clip=float(_field(record, "clip", float)), bits=client.bits,
+                               max_weight=_field(record, "max-weight", int),
+                               num_clients=_field(record, "clients", int))
+        return client.masked_input(_field(record, THIS, bytes), vector)
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type.split(".")[0] != "train" or not msg.has_content() \
+                or PAYLOAD not in msg.content:
+            return call_next(msg, context)
+        record = msg.content[PAYLOAD]
+        try:
+            if not isinstance(record, ConfigRecord):
+                raise SecAggError(f"'{PAYLOAD}' is not a ConfigRecord")
+            step = _field(record, STEP, str)
+            if step == SETUP:
+                # A fresh session: whatever this node held from an earlier one is void.
+                _forget(context, STATE_KEY, STATE_NEXT)
+                client = new_client(context, record)
+                out = client.advertise_keys(_field(record, THIS, bytes))
+                _save(context, client)
+                return _reply(msg, out)
+            if step == SHARE:
+                client = _load(context)
+                out = client.share_keys(_field(record, THIS, bytes))
+                _save(context, client)
+                return _reply(msg, out)
+            if step == MASK:
+                client = _load(context)
+                masked = train_and_mask(msg, context, call_next, record, client)
+                if isinstance(masked, Message):
+                    return masked  # the user's handler replied with an error
+                _save(context, client)
+                nxt = None
+                if isinstance(record.get(NEXT), bytes):
+                    try:
+                        following = new_client(context, record)
+                        nxt = following.advertise_keys(record[NEXT])
+                        _save(context, following, STATE_NEXT)
+                    except SecAggError:
+                        pass  # refusing the next session must not cost this one: the server opens a fresh one
+                return _reply(msg, masked, nxt)
+            if step == CHECK:
+                client = _load(context)
+                out = client.consistency_check(_field(record, THIS, bytes))
+                _save(context, client)
+                return _reply(msg, out)
+            if step == UNMASK:
+                client = _load(context)
+                _forget(context, STATE_KEY)  # this session is over, answered or refused
+                out = client.unmasking(_field(record, THIS, bytes))
+                nxt = None
+                if isinstance(record.get(NEXT), bytes) and STATE_NEXT in context.state:
+                    following = _load(context, STATE_NEXT)
+                    try:
+                        nxt = following.share_keys(record[NEXT])
+                        _save(context, following)
+                    except SecAggError:
+                        pass
+                _forget(context, STATE_NEXT)
+                return _reply(msg, out, nxt)
+            raise SecAggError(f"unknown step {step!r}")
+        except _HandlerFailed as failed:
+            raise failed.original from None  # the user's handler failed: Flower reports it as without the mod
+        except SecAggError as exc:
+            return _error(msg, str(exc))
+        except (KeyError, TypeError, ValueError) as exc:
+            return _error(msg, f"malformed request ({type(exc).__name__}: {exc})")
+
+    mod.__name__ = mod.__qualname__ = "secure_agg_mod"
+    mod.__doc__ = "Flower client mod: secure aggregation of the train handler's weighted arrays and metrics."
+    return mod
+
+
+def _reply_arrays(reply: Message, key: str) -> dict[str, np.ndarray]:
+    records = reply.content.array_records
+    record = records.get(key) if key in records else (next(iter(records.values())) if len(records) == 1 else None)
+    if record is None:
+        raise SecAggError(f"the train handler's reply has {len(records)} ArrayRecords and none named {key!r}")
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _reply_metrics(reply: Message) -> dict[str, Any]:
+    records = reply.content.metric_records
+    if len(records) != 1:
+        raise SecAggError(f"the train handler's reply must carry one MetricRecord, it has {len(records)}")
+    return dict(next(iter(records.values())))
+
+
+def _identity_from_node_config(context: Context) -> tuple[bytes, Any]:
+    """(signing key, trusted public keys) read from the files the node config names."""
+    from pathlib import Path
+
+    paths = {k: context.node_config.get(k) for k in (IDENTITY_KEY, TRUSTED_KEYS)}
+    missing = [k for k, v in paths.items() if not isinstance(v, str) or not v]
+    if missing:
+        raise SecAggError(f"active secure aggregation needs the node config keys {', '.join(missing)} "
+                          "(paths of this node's signing key and of the trusted public keys)")
+    try:
+        key = Path(paths[IDENTITY_KEY]).read_bytes()
+        trusted = _read_trusted(Path(paths[TRUSTED_KEYS]))
+    except OSError as exc:
+        raise SecAggError(f"cannot read a secure-aggregation key file: {exc}") from None
+    return key, trusted
+
+
+def _read_trusted(path: Any) -> dict[int, bytes]:
+    """Trusted public keys: a folder of ``<client id>.pub`` files (raw key bytes)."""
+    out = {}
+    for file in sorted(path.glob("*.pub")):
+        try:
+            out[int(file.stem)] = file.read_bytes()
+        except ValueError:
+            raise SecAggError(f"trusted key file {file.name!r} must be named <client id>.pub") from None
+    return out
+
+
+secure_agg_mod = make_secure_agg_mod()
