@@ -222,6 +222,7 @@ class SecureRound:
     pipelined: bool = False
     session: int = 0
     nodes: list[int] = field(default_factory=list)
+    survivor_ids: list[int] = field(default_factory=list)
     discarded: dict[int, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -377,7 +378,11 @@ class SecureAggregation(Strategy):
                     continue  # stale (another exchange), misrouted or duplicated: never used
                 seen.add(pid)
                 if msg.has_error():
-                    self.last_round.discarded[pid] = f"{step}: error reply: {msg.error.reason}"
+                    reason = str(msg.error.reason)
+                    if step != MASK and not reason.startswith("secure aggregation:"):
+                        # Only the mod answers these steps; a plain handler that got one fails.
+                        reason += " (a ClientApp without secure_agg_mod in its mods fails this way)"
+                    self.last_round.discarded[pid] = f"{step}: error reply: {reason}"
                     continue
                 record = msg.content[PAYLOAD] if PAYLOAD in msg.content else None
                 if not isinstance(record, ConfigRecord):
@@ -583,6 +588,7 @@ class SecureAggregation(Strategy):
             if weight * self.params.max_weight >= 0.5:
                 metrics[name] = float(value / weight)
         self.last_round.survivors, self.last_round.dropped = count, len(server.dropped)
+        self.last_round.survivor_ids = list(server.survivors)
         self.last_round.total_examples = total_examples
         self.last_round.error_bound = quantizer.error_bound(count) * scale
         reply = Message(content=RecordDict({self.array_key: ArrayRecord({k: Array(v) for k, v in average.items()}),
