@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
+import inspect
+import math
+import typing
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from envs.api import RandomPolicy
-from envs.registry import make, registered
+from envs.registry import make
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 
 
@@ -18,7 +24,103 @@ class RolloutConfig(ExperimentConfig):
     env: str = Field("mpe/simple_spread-v3", description="A registered environment id.")
     env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of envs.make.")
     policies: list[Literal["random", "noop"]] = Field(["random", "noop"], description="Baselines to play.")
-    episodes: int = Field(20, gt=0, description="Episodes per policy.")
+    episodes: int = Field(20, gt=0, le=100_000, description="Episodes per policy.")
+
+    @model_validator(mode="after")
+    def _env_exists_and_takes_kwargs(self) -> RolloutConfig:
+        check_env_kwargs(self.env, self.env_kwargs, key="env")
+        return self
+
+
+# Bounds on an environment's integer keyword arguments: counts of agents stay what a 24 GiB
+# machine steps in reasonable time; every other count (cycles, turns) is at least 1.
+MAX_AGENTS = 10_000
+MAX_COUNT = 1_000_000
+_AGENT_COUNTS = ("N", "n_agents", "num_agents", "k")
+
+
+def env_parameters(env_id: str) -> dict[str, inspect.Parameter] | None:
+    """The keyword parameters the environment ``env_id`` accepts, or None when it cannot tell."""
+    from envs.registry import spec
+
+    factory = spec(env_id).factory
+    target: Any = factory
+    if isinstance(factory, functools.partial) and getattr(factory.func, "__name__", "") == "_parallel_env":
+        target = importlib.import_module(f"mpe2.{factory.args[0]}").raw_env  # mpe2's own constructor
+    params = dict(inspect.signature(target).parameters)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        # A thin factory (**kwargs): the class it returns holds the real signature.
+        try:
+            returned = typing.get_type_hints(target).get("return")
+        except Exception:  # noqa: BLE001 -- unresolvable hints: cannot tell
+            return None
+        if not isinstance(returned, type):
+            return None
+        params = dict(inspect.signature(returned.__init__).parameters)
+        params.pop("self", None)
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return None
+    return {n: p for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def check_env_kwargs(env_id: str, kwargs: dict[str, Any], *, key: str = "env") -> None:
+    """Checks an environment id and its keyword arguments without building the environment.
+
+    Names must be parameters of the environment's constructor; values must have the type of
+    the parameter's default (bool, int, float, str or None) and counts must be in bounds.
+
+    Raises:
+        ValueError: naming the config key (``key`` or ``key``'s sibling ``env_kwargs.NAME``).
+    """
+    from envs.registry import registered
+
+    known = registered()
+    if env_id not in known:
+        import difflib
+
+        close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"{key} = {env_id!r} is not a registered environment{hint} (registered: {', '.join(known)})")
+    params = env_parameters(env_id)
+    prefix = key.rpartition(".")[0]
+    kw = f"{prefix + '.' if prefix else ''}env_kwargs"
+    if params is None:
+        return
+    for name, value in kwargs.items():
+        if name not in params:
+            raise ValueError(f"{kw}.{name}: {env_id} takes no argument {name!r} (allowed: {', '.join(params)})")
+        default = params[name].default
+        if default is inspect.Parameter.empty:
+            continue
+        where = f"{kw}.{name} = {value!r}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: expected true or false")
+        elif isinstance(default, int) or (default is None and "int" in str(params[name].annotation)):
+            if value is None and default is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{where}: expected an integer")
+            top = MAX_AGENTS if name in _AGENT_COUNTS else MAX_COUNT
+            if not 1 <= value <= top:
+                raise ValueError(f"{where}: must be in 1..{top}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{where}: expected a finite number")
+        elif name == "render_mode":
+            if value not in (None, "rgb_array"):
+                raise ValueError(f"{where}: allowed null or 'rgb_array' (no windows in a run)")
+        elif default is None or isinstance(default, str):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{where}: expected a string or null")
+    # The environment's own checks (n_agents >= 2, k < n_agents, ...) on values now known to be
+    # small: building it costs milliseconds.
+    try:
+        env = make(env_id, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{kw}: {env_id} refuses {kwargs}: {exc}") from None
+    with contextlib.suppress(Exception):
+        env.close()
 
 
 def play(env: Any, policy: Any, episodes: int, seed: int) -> np.ndarray:
@@ -54,9 +156,10 @@ def run_rollout(cfg: RolloutConfig, ctx: RunContext) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if cfg.env not in registered():
-        raise UserError(f"config key 'env' = {cfg.env!r} is not a registered environment (allowed: {', '.join(registered())})")
-    env = make(cfg.env, **cfg.env_kwargs)
+    try:
+        env = make(cfg.env, **cfg.env_kwargs)
+    except (TypeError, ValueError) as exc:  # a value the environment's own checks refuse
+        raise UserError(f"config key 'env_kwargs': {exc}") from None
     space = env.action_space(env.possible_agents[0])
     results: dict[str, np.ndarray] = dict(ctx.resume_state or {})
     for name in ctx.progress(cfg.policies, description=f"rollout {cfg.env}"):

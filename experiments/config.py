@@ -71,27 +71,41 @@ def resolve_config_path(config: str | Path) -> Path:
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of overrides; more is a wrong file
-MAX_ALIASES = 100  # YAML aliases per document: enough for sharing, too few for an alias bomb
+MAX_EXPANDED = 100_000  # values in a config once its aliases are expanded
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing documents with more than MAX_ALIASES aliases.
-
-    A few lines of nested aliases (``b: [*a, *a, ...]``) expand to billions of nodes once
-    copied or printed; counting aliases stops that before anything is built.
-    """
-
-    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: ANN401
-        if self.check_event(yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            if self._aliases > MAX_ALIASES:
-                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name); write the values out")
-        return super().compose_node(parent, index)
+def _expanded_size(value: Any, memo: dict[int, int], path: set[int]) -> int:
+    """How many values ``value`` holds with every shared (aliased) part counted each time."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    if key in path:
+        raise yaml.YAMLError("it refers to itself through an alias")
+    path.add(key)
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    total = 1
+    for item in items:
+        total += _expanded_size(item, memo, path)
+        if total > MAX_EXPANDED:
+            break
+    path.discard(key)
+    memo[key] = total
+    return total
 
 
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with a bound on aliases (see :class:`_BoundedLoader`)."""
-    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 -- a SafeLoader subclass
+    """``yaml.safe_load``, refusing documents whose aliases expand past MAX_EXPANDED values.
+
+    A few lines of nested aliases (``b: [*a, *a, ...]``, the "billion laughs") expand to
+    billions of values once copied, validated or printed; PyYAML itself builds them as shared
+    references in no time, so the expanded size is counted (each shared part once) first.
+    """
+    data = yaml.safe_load(text)
+    if _expanded_size(data, {}, set()) > MAX_EXPANDED:
+        raise yaml.YAMLError(f"its aliases (*name) expand to more than {MAX_EXPANDED} values; write the values out")
+    return data
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

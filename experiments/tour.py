@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from experiments.config import ExperimentConfig, Section
 from experiments.kinds import register_kind
@@ -18,12 +18,43 @@ class TourEntry(Section):
     name: str | None = Field(None, description="Folder name under runs/. Default: the config name.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="key.sub: value overrides.")
 
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, name: str | None) -> str | None:
+        if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+            raise ValueError(f"name {name!r} must be a plain folder name (no '/', not '.' or '..')")
+        return name
+
 
 class TourConfig(ExperimentConfig):
     """Runs each entry into DIR/runs/NAME, then writes DIR/gallery.html."""
 
     runs: list[TourEntry] = Field(default_factory=list, description="The runs, in order.")
     stop_on_failure: bool = Field(False, description="Stop at the first failed run instead of going on.")
+
+    @model_validator(mode="after")
+    def _entries_are_runnable(self) -> TourConfig:
+        # Each entry's config is read and validated now, so a typo in run 9 stops the tour
+        # before run 1 starts (and before the tour's own directory exists).
+        from experiments.errors import UserError
+        from experiments.runner import prepare
+
+        names: set[str] = set()
+        for i, entry in enumerate(self.runs):
+            name = entry.name or entry.config
+            if name in names:
+                raise ValueError(f"runs.{i}: the name {name!r} is used twice; give one a 'name'")
+            names.add(name)
+            if "/" in name and entry.name is None:
+                raise ValueError(f"runs.{i}: config {entry.config!r} is a path; give the entry a plain 'name'")
+            try:
+                spec, _, _ = prepare(entry.config, overrides=[f"{k}={_yaml(v)}" for k, v in entry.overrides.items()],
+                                     seed=self.seed)
+            except UserError as exc:
+                raise ValueError(f"runs.{i} ({name}): {exc}") from None
+            if spec.name == "tour":
+                raise ValueError(f"runs.{i} ({name}): a tour cannot run another tour")
+        return self
 
 
 @register_kind("tour", TourConfig, axis="intelligence", description="A small run of every experiment, then the gallery")

@@ -28,7 +28,7 @@ class Partitioning(Section):
     partitioner: Literal["iid", "dirichlet", "pathological"] = Field(
         "dirichlet", description="iid, dirichlet (label skew by alpha) or pathological (k labels per client).")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
-    classes_per_client: int = Field(2, ge=1, description="Labels per client (pathological).")
+    classes_per_client: int = Field(2, ge=1, le=10, description="Labels per client (pathological).")
 
     @property
     def label(self) -> str:
@@ -52,21 +52,21 @@ class FedAvgConfig(ExperimentConfig):
     """FedAvg with ``num_clients`` clients for ``rounds`` rounds on each partitioning."""
 
     dataset: Literal["digits", "breast_cancer"] = Field(_D.dataset, description="scikit-learn dataset.")
-    num_clients: int = Field(_D.num_partitions, ge=1, description="Clients (SuperNodes), one partition each.")
-    rounds: int = Field(30, ge=1, description="FedAvg rounds per partitioning.")
-    partitionings: list[Partitioning] = Field(default_factory=_default_partitionings,
+    num_clients: int = Field(_D.num_partitions, ge=1, le=100, description="Clients (SuperNodes), one partition each.")
+    rounds: int = Field(30, ge=1, le=10_000, description="FedAvg rounds per partitioning.")
+    partitionings: list[Partitioning] = Field(default_factory=_default_partitionings, min_length=1, max_length=20,
                                               description="One federated run per entry.")
-    local_epochs: int = Field(_D.local_epochs, ge=1, description="Local epochs per round.")
-    batch_size: int = Field(_D.batch_size, ge=1, description="Client mini-batch size.")
+    local_epochs: int = Field(_D.local_epochs, ge=1, le=1000, description="Local epochs per round.")
+    batch_size: int = Field(_D.batch_size, ge=1, le=100_000, description="Client mini-batch size.")
     lr: float = Field(_D.lr, gt=0, description="Client SGD learning rate.")
-    hidden: int = Field(_D.hidden, ge=1, description="Hidden units of the MLP.")
+    hidden: int = Field(_D.hidden, ge=1, le=100_000, description="Hidden units of the MLP.")
     fraction_evaluate: float = Field(0.0, ge=0, le=1,
                                      description="Fraction of clients evaluating on their own data each round.")
-    min_replies: int = Field(_D.min_replies, ge=1, description="Fewest successful replies a round accepts.")
-    round_timeout: float = Field(_D.round_timeout, gt=0, description="Seconds the server waits for a round's replies.")
+    min_replies: int = Field(_D.min_replies, ge=1, le=100, description="Fewest successful replies a round accepts.")
+    round_timeout: float = Field(_D.round_timeout, gt=0, le=86_400, description="Seconds the server waits for a round's replies.")
     faults: str = Field(_D.faults, description="Injected client faults 'ROUND:CLIENT:MODE,...' (raise, exit, hang).")
     engine: Literal["simulation", "deployment"] = Field("simulation", description="Flower engine.")
-    num_cpus: int = Field(2, ge=1, description="CPUs for the simulation engine's Ray.")
+    num_cpus: int = Field(2, ge=1, le=256, description="CPUs for the simulation engine's Ray.")
     centralized_reference: bool = Field(True, description="Train on the union of the data as a reference.")
     target_accuracy: float = Field(0.95, gt=0, le=1, description="Accuracy for the rounds-to-target count.")
 

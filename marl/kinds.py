@@ -13,10 +13,10 @@ would.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 from marl.evaluate import baselines, evaluate
@@ -29,22 +29,52 @@ class EvalSettings(ExperimentConfig):
     """Fields shared by both kinds (evaluation and checkpoints)."""
 
     train: MAPPOConfig = Field(default_factory=MAPPOConfig, description="MAPPO / IPPO hyperparameters.")
-    eval_every: int = Field(20, ge=1, description="Updates between greedy evaluations.")
-    eval_episodes: int = Field(100, ge=1, description="Greedy episodes per evaluation (one per environment).")
+    eval_every: int = Field(20, ge=1, le=10**9, description="Updates between greedy evaluations.")
+    eval_episodes: int = Field(100, ge=1, le=100_000, description="Greedy episodes per evaluation (one per environment).")
     eval_seed: int = Field(10_000, description="Reset seed of the evaluator: the same starting worlds for every policy.")
     checkpoint_every: int = Field(10, ge=1, description="Updates between checkpoints.")
     baselines: list[str] = Field(["random", "noop", "scripted"], description="Baselines: random, noop, scripted (simple_spread only).")
 
+    @model_validator(mode="after")
+    def _check_before_the_run(self) -> EvalSettings:
+        # Every check that needs the whole config runs here, before a run directory exists.
+        try:
+            _check(self)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
 
 def _check(cfg: EvalSettings) -> None:
-    from envs.registry import registered
+    import re
 
-    if cfg.train.env not in registered():
-        raise UserError(f"config key 'train.env' = {cfg.train.env!r} is not a registered environment (allowed: {', '.join(registered())})")
-    import torch
+    from envs.kinds import check_env_kwargs
 
-    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"config key 'train.device' = {cfg.train.device!r} but CUDA is not available here (allowed: cpu)")
+    try:
+        check_env_kwargs(cfg.train.env, cfg.train.env_kwargs, key="train.env")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.train.device):
+        raise UserError(f"config key 'train.device' = {cfg.train.device!r} is not a torch device here (allowed: cpu, cuda, cuda:K)")
+    if cfg.train.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"config key 'train.device' = {cfg.train.device!r} but CUDA is not available here (allowed: cpu)")
+        index = int(cfg.train.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"config key 'train.device' = {cfg.train.device!r} but this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s)")
+    if cfg.train.backend == "vec":
+        from envs.registry import make_vec, registered_vec
+
+        if cfg.train.env not in registered_vec():
+            raise UserError(f"config key 'train.backend' = 'vec' but {cfg.train.env} has no batched implementation "
+                            f"(batched: {', '.join(registered_vec())}); use backend 'parallel'")
+        try:
+            make_vec(cfg.train.env, num_envs=1, device="cpu", **cfg.train.env_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"config key 'train.env_kwargs': the batched {cfg.train.env} refuses them: {exc}") from None
     allowed = {"random", "noop", "scripted"}
     bad = [b for b in cfg.baselines if b not in allowed]
     if bad:
@@ -146,7 +176,7 @@ def run_mappo(cfg: MAPPORunConfig, ctx: RunContext) -> dict[str, Any]:
 class CompareConfig(EvalSettings):
     """MAPPO and IPPO trained with the same hyperparameters over several seeds."""
 
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Training seeds of each algorithm.")
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field([0, 1, 2], min_length=1, max_length=100, description="Training seeds of each algorithm.")
 
 
 @register_kind("ctde_compare", CompareConfig, axis="intelligence",

@@ -37,12 +37,12 @@ class MAPPOConfig(Section):
     env: str = Field("mpe/simple_spread-v3", description="A registered environment id.")
     env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment.")
     backend: Literal["vec", "parallel"] = Field("vec", description="vec: envs.make_vec (batched torch); parallel: B copies of envs.make.")
-    num_envs: int = Field(128, ge=1, description="Environments stepped together (B).")
-    total_steps: int = Field(2_000_000, ge=1, description="Environment steps to train for (each step of one environment counts 1).")
-    rollout_steps: int = Field(25, ge=1, description="Steps per environment between updates (T).")
+    num_envs: int = Field(128, ge=1, le=65_536, description="Environments stepped together (B).")
+    total_steps: int = Field(2_000_000, ge=1, le=10**10, description="Environment steps to train for (each step of one environment counts 1).")
+    rollout_steps: int = Field(25, ge=1, le=100_000, description="Steps per environment between updates (T).")
     central_critic: bool = Field(True, description="MAPPO's critic on env.state(); False gives IPPO's critic on local observations.")
     share_params: bool = Field(True, description="One actor for all agents with a one-hot agent id, else one per agent.")
-    hidden: int = Field(64, ge=1, description="Hidden width of actor and critic.")
+    hidden: int = Field(64, ge=1, le=8192, description="Hidden width of actor and critic.")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate.")
     anneal_lr: bool = Field(True, description="Decay the learning rate linearly to 0 over training.")
     gamma: float = Field(0.99, ge=0, le=1, description="Discount.")
@@ -51,16 +51,20 @@ class MAPPOConfig(Section):
     ent_coef: float = Field(0.01, ge=0, description="Entropy bonus weight.")
     vf_coef: float = Field(1.0, ge=0, description="Value loss weight.")
     max_grad_norm: float = Field(10.0, gt=0, description="Global gradient norm clip.")
-    update_epochs: int = Field(5, ge=1, description="Passes over each rollout.")
+    update_epochs: int = Field(5, ge=1, le=1000, description="Passes over each rollout.")
     num_minibatches: int = Field(4, ge=1, description="Minibatches per pass (split over environments).")
     value_norm: bool = Field(True, description="Normalize value targets with running statistics.")
     device: str = Field("cpu", description="Torch device: cpu, cuda or cuda:K (cuda only where available).")
-    threads: int = Field(1, ge=1, description="Torch CPU threads for the run (networks this small run best on one).")
+    threads: int = Field(1, ge=1, le=256, description="Torch CPU threads for the run (networks this small run best on one).")
 
     @model_validator(mode="after")
     def _minibatches_fit(self) -> MAPPOConfig:
         if self.num_minibatches > self.num_envs:
             raise ValueError(f"num_minibatches ({self.num_minibatches}) must be at most num_envs ({self.num_envs}): minibatches split the environments")
+        # One rollout is held in memory at once; 2**24 environment steps of it fit in a few GiB.
+        if self.num_envs * self.rollout_steps > 2**24:
+            raise ValueError(f"num_envs * rollout_steps = {self.num_envs * self.rollout_steps} steps per rollout exceeds "
+                             f"{2**24} (memory); lower one of them")
         return self
 
 

@@ -11,10 +11,10 @@ one simulation; the two accuracy curves must agree within the quantization error
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 from secure_agg.errors import SecAggError
@@ -27,13 +27,26 @@ from secure_agg.wire import decode
 class ProtocolConfig(ExperimentConfig):
     """Secure sums of ``num_clients`` float vectors under dropouts, complete graph and SecAgg+."""
 
-    num_clients: list[int] = Field([10, 20, 40], min_length=1, description="Session sizes to run.")
-    dim: int = Field(2000, gt=0, description="Entries per client vector.")
+    num_clients: list[Annotated[int, Field(ge=2, le=1000)]] = Field([10, 20, 40], min_length=1, max_length=50,
+                                                                    description="Session sizes to run (each 2..1000).")
+    dim: int = Field(2000, gt=0, le=10_000_000, description="Entries per client vector.")
     threshold: float = Field(0.5, gt=0, le=1, description="t as a fraction of the share holders (ceil).")
-    dropout_rates: list[float] = Field([0.0, 0.1, 0.3], min_length=1, description="Fractions of clients that drop.")
+    dropout_rates: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.0, 0.1, 0.3], min_length=1, max_length=50,
+                                                                     description="Fractions of clients that drop (each in [0, 1]).")
     neighbours: int = Field(6, ge=0, description="SecAgg+ degree k (0 skips the SecAgg+ runs; even, below n).")
     clip: float = Field(1.0, gt=0, description="Quantization clipping range [-clip, clip].")
     bits: int = Field(32, ge=8, le=64, description="Sums live modulo 2**bits.")
+
+    @model_validator(mode="after")
+    def _sessions_fit(self) -> ProtocolConfig:
+        for n in self.num_clients:
+            if self.neighbours and (self.neighbours >= n or self.neighbours % 2):
+                raise ValueError(f"neighbours = {self.neighbours} must be even and below every num_clients ({n})")
+        # Every client's vector is held at once (float64, a few copies): keep it to ~1 GiB each.
+        if max(self.num_clients) * self.dim > 2**27:
+            raise ValueError(f"num_clients * dim = {max(self.num_clients) * self.dim} exceeds {2**27} entries "
+                             "(memory); lower one of them")
+        return self
 
 
 def _threshold(fraction: float, holders: int) -> int:
@@ -136,18 +149,25 @@ def run_protocol(cfg: ProtocolConfig, ctx: RunContext) -> dict[str, Any]:
 class SecureFedAvgConfig(ExperimentConfig):
     """FedAvg on digits with secure and plain aggregation side by side (Flower simulation)."""
 
-    num_clients: int = Field(5, ge=2, description="Clients (SuperNodes).")
-    rounds: int = Field(10, ge=1, description="FedAvg rounds.")
+    num_clients: int = Field(5, ge=2, le=100, description="Clients (SuperNodes).")
+    rounds: int = Field(10, ge=1, le=10_000, description="FedAvg rounds.")
     partitioner: Literal["iid", "dirichlet", "pathological"] = Field("dirichlet", description="Data split.")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
-    hidden: int = Field(32, ge=1, description="Hidden units of the MLP.")
+    hidden: int = Field(32, ge=1, le=100_000, description="Hidden units of the MLP.")
     lr: float = Field(0.05, gt=0, description="Client SGD learning rate.")
     clip: float = Field(8.0, gt=0, description="Quantization clipping range.")
     bits: int = Field(32, ge=8, le=64, description="Sums live modulo 2**bits.")
     threshold: float = Field(0.5, gt=0, le=1, description="t as a fraction of the sampled clients.")
     neighbours: int = Field(0, ge=0, description="0: complete graph; k: SecAgg+ with k neighbours.")
-    num_cpus: int = Field(2, ge=1, description="CPUs for Ray.")
-    round_timeout: float = Field(600.0, gt=0, description="Seconds to wait for the clients in each message round.")
+    num_cpus: int = Field(2, ge=1, le=256, description="CPUs for Ray.")
+    round_timeout: float = Field(600.0, gt=0, le=86_400, description="Seconds to wait for the clients in each message round.")
+
+    @model_validator(mode="after")
+    def _graph_fits(self) -> SecureFedAvgConfig:
+        if self.neighbours and (self.neighbours >= self.num_clients or self.neighbours * self.num_clients % 2):
+            raise ValueError(f"neighbours = {self.neighbours} must be 0, or below num_clients ({self.num_clients}) "
+                             "with neighbours * num_clients even (a k-regular graph)")
+        return self
 
 
 @register_kind("secagg_fedavg", SecureFedAvgConfig, axis="training",

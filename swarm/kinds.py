@@ -23,7 +23,7 @@ from swarm.phases import point_seed, steady_order
 from swarm.sweep import run_points
 
 Noise = Annotated[float, Field(ge=0, le=2 * math.pi)]
-PositiveInt = Annotated[int, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0, le=10_000_000)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
@@ -33,7 +33,7 @@ class SweepSection(Section):
 
     parallel: bool = Field(True, description="Run the points as Ray tasks (False: in this process).")
     address: str | None = Field(None, description="Ray cluster address for ray.init(address=...); None: a local Ray.")
-    num_cpus: int = Field(2, gt=0, description="CPUs of the local Ray.")
+    num_cpus: int = Field(2, gt=0, le=256, description="CPUs of the local Ray.")
 
 
 def _transient_below_steps(value: int, info: ValidationInfo) -> int:
@@ -55,18 +55,20 @@ def _sweep(cfg: Any, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class VicsekTransitionConfig(ExperimentConfig):
     """Vicsek et al. 1995, figure 2: polarization vs noise at fixed density, and vs density."""
 
-    n_agents: list[PositiveInt] = Field([100, 400, 1600], min_length=1, description="System sizes N.")
+    n_agents: list[Annotated[int, Field(gt=0, le=1_000_000)]] = Field([100, 400, 1600], min_length=1, max_length=20,
+                                                                  description="System sizes N (each <= 1e6).")
     density: PositiveFloat = Field(4.0, description="Agents per unit area in the noise sweep.")
     noise: list[Noise] = Field([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0], min_length=1,
-                               description="Noise amplitudes eta, each in [0, 2 pi].")
+                               max_length=1000, description="Noise amplitudes eta, each in [0, 2 pi].")
     speed: NonNegativeFloat = Field(0.03, description="Speed v0.")
     radius: PositiveFloat = Field(1.0, description="Interaction radius r.")
-    seeds: PositiveInt = Field(3, description="Independent runs per point.")
-    steps: PositiveInt = Field(2000, description="Steps per run.")
+    seeds: int = Field(3, gt=0, le=1000, description="Independent runs per point.")
+    steps: PositiveInt = Field(2000, description="Steps per run (<= 1e7).")
     transient: int = Field(1000, ge=0, description="Steps left out of the averages.")
     record_every: PositiveInt = Field(10, description="Record the order every this many steps.")
-    densities: list[PositiveFloat] = Field([0.25, 0.5, 1.0, 2.0, 4.0, 8.0], description="Densities of the density sweep.")
-    density_n_agents: PositiveInt = Field(400, description="N of the density sweep.")
+    densities: list[PositiveFloat] = Field([0.25, 0.5, 1.0, 2.0, 4.0, 8.0], min_length=1, max_length=1000,
+                                           description="Densities of the density sweep.")
+    density_n_agents: int = Field(400, gt=0, le=1_000_000, description="N of the density sweep.")
     density_noise: Noise = Field(2.0, description="Noise of the density sweep.")
     sweep: SweepSection = Field(default_factory=SweepSection, description="Where the points run.")
 
@@ -133,9 +135,9 @@ def run_vicsek(cfg: VicsekTransitionConfig, ctx: RunContext) -> dict[str, Any]:
 class CouzinRegimesConfig(ExperimentConfig):
     """Couzin et al. 2002, figure 3 in 2D: order vs the width of the zone of orientation."""
 
-    n_agents: PositiveInt = Field(100, description="Group size.")
+    n_agents: int = Field(100, gt=0, le=10_000, description="Group size.")
     orientation_width: list[NonNegativeFloat] = Field(
-        [0.0, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 13.0, 14.0, 15.0], min_length=1,
+        [0.0, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 13.0, 14.0, 15.0], min_length=1, max_length=1000,
         description="Widths delta r_o of the zone of orientation.")
     attraction_width: NonNegativeFloat = Field(14.0, description="Width delta r_a of the zone of attraction.")
     repulsion: PositiveFloat = Field(1.0, description="Radius r_r of the zone of repulsion.")
@@ -146,7 +148,7 @@ class CouzinRegimesConfig(ExperimentConfig):
     noise: NonNegativeFloat = Field(0.05, description="Standard deviation of the angular noise, radians.")
     box: PositiveFloat = Field(200.0, description="Side of the periodic box (large: the group never meets itself).")
     init_radius: PositiveFloat = Field(6.0, description="The group starts in a disc of this radius.")
-    seeds: PositiveInt = Field(3, description="Independent runs per width.")
+    seeds: int = Field(3, gt=0, le=1000, description="Independent runs per width.")
     steps: PositiveInt = Field(1500, description="Steps per run.")
     transient: int = Field(1000, ge=0, description="Steps left out of the averages.")
     record_every: PositiveInt = Field(10, description="Record the order every this many steps.")
@@ -215,11 +217,11 @@ class FlockAnimationConfig(ExperimentConfig):
     """A Mesa SwarmModel run, drawn: the last frame with headings and an animated GIF."""
 
     rule: Literal["reynolds", "vicsek", "couzin"] = Field("reynolds", description="The local rule.")
-    n_agents: PositiveInt = Field(200, description="Number of agents.")
+    n_agents: int = Field(200, gt=0, le=10_000, description="Number of agents (a Mesa agent each).")
     box: PositiveFloat = Field(100.0, description="Side of the periodic box (Mesa's example: 100).")
-    steps: PositiveInt = Field(300, description="Steps to simulate.")
-    frames: PositiveInt = Field(60, description="Frames in the GIF (evenly spaced steps).")
-    fps: PositiveInt = Field(12, description="Frames per second of the GIF.")
+    steps: int = Field(300, gt=0, le=1_000_000, description="Steps to simulate.")
+    frames: int = Field(60, gt=0, le=1000, description="Frames in the GIF (evenly spaced steps).")
+    fps: int = Field(12, gt=0, le=100, description="Frames per second of the GIF.")
     params: dict[str, float] = Field(default_factory=dict, description="The rule's parameters (e.g. noise: 0.3).")
 
     @field_validator("params")

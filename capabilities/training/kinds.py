@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 
@@ -35,8 +35,8 @@ def _sig(x: float, digits: int = 6) -> float:
 class RingConfig(ExperimentConfig):
     """Ring, tree and naive all-reduce against gloo's all_reduce: equality, bytes, time."""
 
-    world_sizes: list[int] = Field([2, 3, 4], min_length=1, description="Process counts to run (each 2..8).")
-    sizes: list[int] = Field([1000, 100003, 1000000], min_length=1, description="Tensor sizes in float32 elements (each >= 1).")
+    world_sizes: list[int] = Field([2, 3, 4], min_length=1, max_length=20, description="Process counts to run (each 2..8).")
+    sizes: list[int] = Field([1000, 100003, 1000000], min_length=1, max_length=50, description="Tensor sizes in float32 elements (each >= 1).")
     algorithms: list[Literal["ring", "tree", "naive"]] = Field(["ring", "tree", "naive"], min_length=1,
                                                               description="All-reduce algorithms to compare.")
     repeats: int = Field(3, ge=1, le=50, description="Timed repeats per case (best is kept).")
@@ -53,6 +53,8 @@ class RingConfig(ExperimentConfig):
     def _sz(cls, v: list[int]) -> list[int]:
         if any(n < 1 for n in v):
             raise ValueError(f"each size must be >= 1, got {v}")
+        if any(n > 2**26 for n in v):  # 256 MiB of float32 per rank, a few copies, up to 8 ranks
+            raise ValueError(f"each size must be <= {2**26} elements (memory), got {v}")
         return v
 
 
@@ -125,9 +127,9 @@ class ZeroConfig(ExperimentConfig):
     """ZeRO 1-3 model-state bytes per rank vs the paper's formulas and FSDP2, and equality with DP."""
 
     world_size: int = Field(4, ge=2, le=8, description="Processes N.")
-    widths: list[int] = Field([64, 128, 128, 16], min_length=2, description="MLP layer widths (each >= 1).")
+    widths: list[int] = Field([64, 128, 128, 16], min_length=2, max_length=32, description="MLP layer widths (each 1..8192).")
     steps: int = Field(3, ge=1, le=100, description="Adam steps.")
-    batch: int = Field(8, ge=1, description="Examples per rank per step.")
+    batch: int = Field(8, ge=1, le=65_536, description="Examples per rank per step.")
     dtype: Literal["float32", "float64"] = Field("float32", description="Parameter dtype.")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate.")
     fsdp: bool = Field(True, description="Also run FSDP2 fully_shard and ZeroRedundancyOptimizer.")
@@ -137,6 +139,8 @@ class ZeroConfig(ExperimentConfig):
     def _w(cls, v: list[int]) -> list[int]:
         if any(n < 1 for n in v):
             raise ValueError(f"each width must be >= 1, got {v}")
+        if any(n > 8192 for n in v):
+            raise ValueError(f"each width must be <= 8192 (memory), got {v}")
         return v
 
 
@@ -201,9 +205,18 @@ class PSExperimentConfig(ExperimentConfig):
     steps: int = Field(30, ge=1, le=10000, description="Clocks per worker.")
     lr: float = Field(0.1, gt=0, description="SGD learning rate.")
     straggler_delay_s: float = Field(0.05, ge=0, le=10, description="Extra seconds per iteration of worker 0.")
-    dim: int = Field(16, ge=1, description="Parameters of the least-squares model.")
-    examples_per_worker: int = Field(64, ge=1, description="Rows of data per worker.")
+    dim: int = Field(16, ge=1, le=1_000_000, description="Parameters of the least-squares model.")
+    examples_per_worker: int = Field(64, ge=1, le=100_000, description="Rows of data per worker.")
     target_loss: float = Field(0.1, gt=0, description="Loss whose first crossing is the time-to-loss.")
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> PSExperimentConfig:
+        if self.num_servers > self.dim:
+            raise ValueError(f"num_servers = {self.num_servers} exceeds dim = {self.dim} (each server needs a parameter)")
+        if self.dim * self.examples_per_worker * self.num_workers > 2**27:
+            raise ValueError(f"dim * examples_per_worker * num_workers = "
+                             f"{self.dim * self.examples_per_worker * self.num_workers} exceeds {2**27} (memory)")
+        return self
 
 
 @register_kind("ps_straggler", PSExperimentConfig, axis="training",
@@ -282,8 +295,8 @@ class ScalingConfig(ExperimentConfig):
     """Data-parallel SGD on N processes vs one process with N threads: throughput, time-to-loss."""
 
     counts: list[int] = Field([1, 2, 4], min_length=1, description="N: processes (scale-out) and threads (scale-up), each 1..8.")
-    widths: list[int] = Field([64, 256, 256, 1], min_length=2, description="MLP layer widths (each >= 1).")
-    global_batch: int = Field(1024, ge=8, description="Examples per step, split over processes.")
+    widths: list[int] = Field([64, 256, 256, 1], min_length=2, max_length=32, description="MLP layer widths (each 1..8192).")
+    global_batch: int = Field(1024, ge=8, le=2**20, description="Examples per step, split over processes.")
     steps: int = Field(20, ge=1, le=10000, description="SGD steps.")
     lr: float = Field(0.05, gt=0, description="SGD learning rate.")
     target_loss: float = Field(0.4, gt=0, description="Loss whose first crossing is the time-to-loss.")
@@ -294,6 +307,14 @@ class ScalingConfig(ExperimentConfig):
         if any(not 1 <= n <= 8 for n in v):
             raise ValueError(f"each count must be in 1..8, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> ScalingConfig:
+        if any(not 1 <= n <= 8192 for n in self.widths):
+            raise ValueError(f"each of widths must be in 1..8192, got {self.widths}")
+        if max(self.counts) > self.global_batch:
+            raise ValueError(f"global_batch = {self.global_batch} is smaller than the largest count {max(self.counts)}")
+        return self
 
 
 @register_kind("scaling", ScalingConfig, axis="training",
