@@ -574,16 +574,20 @@ class SecureAggregation(Strategy):
         server = session.server
         count = len(server.survivors)
         quantizer = Quantization(self.params.clip, self.params.bits).for_clients(len(session.nodes))
-        summed = quantizer.dequantize(total[:-1], count)
         total_examples = int(total[-1])
         if total_examples < 1:
             raise SecAggError(f"the survivors report {total_examples} examples in total; nothing to average")
         scale = self.params.max_weight / total_examples
         size = sum(int(v.size) for v in self._like.values())
-        average = unflatten(summed[:size] * scale, self._like)
+        # Dequantize (sum / q - count * clip, as Quantizer.dequantize) and divide by the summed
+        # weights in one pass over the model.
+        average = total[:size].astype(np.float64)
+        average *= scale / quantizer.scale
+        average -= count * self.params.clip * scale
+        summed = quantizer.dequantize(total[size:-1], count)
         metrics: dict[str, Any] = {self.weight_key: total_examples}
         for i, name in enumerate(self.metrics):
-            value, weight = summed[size + 2 * i], summed[size + 2 * i + 1]
+            value, weight = summed[2 * i], summed[2 * i + 1]
             # The weight sum is a multiple of 1 / max_weight; below half of one, nobody reported it.
             if weight * self.params.max_weight >= 0.5:
                 metrics[name] = float(value / weight)
@@ -591,7 +595,8 @@ class SecureAggregation(Strategy):
         self.last_round.survivor_ids = list(server.survivors)
         self.last_round.total_examples = total_examples
         self.last_round.error_bound = quantizer.error_bound(count) * scale
-        reply = Message(content=RecordDict({self.array_key: ArrayRecord({k: Array(v) for k, v in average.items()}),
+        arrays = unflatten(average, self._like)
+        reply = Message(content=RecordDict({self.array_key: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
                                             "metrics": MetricRecord(metrics)}),
                         dst_node_id=0, message_type="train")
         arrays, aggregated = self.strategy.aggregate_train(server_round, [reply])

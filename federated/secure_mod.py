@@ -53,6 +53,7 @@ from federated.secure_aggregation import (
     UNMASK,
 )
 from secure_agg import Quantization, SecAggClient, SecAggError
+from secure_agg.prg import word_dtype
 
 STATE_KEY = "secagg-client"  # this session's client
 STATE_NEXT = "secagg-next-client"  # the next session's, once its keys went out
@@ -80,33 +81,53 @@ def client_vector(arrays: Mapping[str, Any], num_examples: int, metrics: Mapping
 
     With ``w = num_examples / max_weight`` the layout is ``[w * arrays..., w * m, w (or 0 when
     the metric is absent) for each metric name, num_examples]``; summed over clients, the
-    server divides by the summed weights, which gives the example-weighted means.
+    server divides by the summed weights, which gives the example-weighted means. Each
+    weighted value is clipped to [-clip, clip] and quantized as :class:`secure_agg.Quantizer`
+    does (``round((v + clip) * scale)``, within half a step).
 
     Raises:
-        SecAggError: ``num_examples`` is not an integer in [1, max_weight] or could wrap the sum.
+        SecAggError: ``num_examples`` is not in [1, max_weight] or could wrap the sum, or an
+            array holds NaN or an infinity.
     """
     if not 0 < num_examples <= max_weight:
         raise SecAggError(f"a client has {num_examples} examples; secagg-max-weight ({max_weight}) must bound it")
     limit = ((1 << bits) - 1) // num_clients
     if num_examples > limit:
         raise SecAggError(f"{num_clients} clients with up to {num_examples} examples could wrap modulo 2**{bits}")
-    quantizer = Quantization(clip, bits).for_clients(num_clients)
+    scale = Quantization(clip, bits).for_clients(num_clients).scale
     w = num_examples / max_weight
     sizes = [int(np.size(v)) for v in arrays.values()]
     size = sum(sizes)
-    # Everything in one float64 buffer, multiplied in place (this runs on the full model).
-    x = np.empty(size + 2 * len(metric_names), dtype=np.float64)
+    out = np.empty(size + 2 * len(metric_names) + 1, dtype=word_dtype(bits))
+    # This runs on the full model every round: each block of 32k entries is weighted, clipped,
+    # shifted and rounded while it sits in cache, straight into the output words.
+    block = np.empty(min(size, 1 << 15) or 1, dtype=np.float64)
+    factor, top, shift = w * scale, clip * scale, clip * scale + 0.5
+
+    def put(values: np.ndarray, pos: int, mult: float) -> None:
+        buf = block[: values.size]
+        np.multiply(values, mult, out=buf, dtype=np.float64)
+        np.clip(buf, -top, top, out=buf)
+        buf += shift  # now in [0.5, 2 top + 0.5]: truncation is rounding to nearest
+        out[pos:pos + values.size] = buf
+
     pos = 0
     for v, n in zip(arrays.values(), sizes, strict=True):
-        np.multiply(np.asarray(v).reshape(-1), w, out=x[pos:pos + n], dtype=np.float64)
+        flat = np.asarray(v).reshape(-1)
+        if n and not (np.isfinite(flat.min()) and np.isfinite(flat.max())):
+            raise SecAggError("cannot aggregate arrays holding NaN or infinite entries")
+        for lo in range(0, n, block.size):
+            put(flat[lo:lo + block.size], pos + lo, factor)
         pos += n
+    extra = np.zeros(2 * len(metric_names))
     for i, name in enumerate(metric_names):
         value = metrics.get(name)
-        present = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-        x[size + 2 * i] = w * float(value) if present else 0.0
-        x[size + 2 * i + 1] = w if present else 0.0
-    q = quantizer.quantize(x)
-    return np.concatenate([q, np.array([num_examples], dtype=q.dtype)])
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            extra[2 * i:2 * i + 2] = (float(value), 1.0)
+    if extra.size:
+        put(extra, size, factor)
+    out[-1] = num_examples
+    return out
 
 
 def _error(msg: Message, reason: str) -> Message:
