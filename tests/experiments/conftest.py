@@ -1,6 +1,7 @@
 """A tiny experiment kind for exercising the runner: a seeded random walk with checkpoints."""
 
 import os
+import time
 from typing import Literal
 
 import numpy as np
@@ -28,12 +29,14 @@ def run_walk(cfg: WalkConfig, ctx: RunContext) -> dict:
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
     crash_at = int(os.environ.get("AGORA_TEST_CRASH_AT", "-1"))
+    pause = float(os.environ.get("AGORA_TEST_STEP_SECONDS", "0"))  # slow steps, for signals to land mid-run
     xs = []
     for step in range(state["step"], cfg.steps):
         lr = cfg.optim.lr / (1 + step) if cfg.optim.schedule == "decay" else cfg.optim.lr
         state["x"] += lr * rng.normal()
         ctx.log(step=step, x=state["x"])
         xs.append(state["x"])
+        time.sleep(pause)
         if step == crash_at:
             raise RuntimeError(f"crash injected at step {step}")
         if (step + 1) % cfg.checkpoint_every == 0:
@@ -41,4 +44,6 @@ def run_walk(cfg: WalkConfig, ctx: RunContext) -> dict:
     fig, ax = plt.subplots()
     ax.plot(xs)
     ctx.save_figure(fig, "walk")
+    if os.environ.get("AGORA_TEST_NAN_HEADLINE"):
+        return {"final_x": state["x"], "spread": {"last": float("nan")}}
     return {"final_x": state["x"]}
