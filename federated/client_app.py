@@ -4,6 +4,9 @@ Each SuperNode knows only its ``partition-id`` (node config); the data it trains
 partition and never leaves it. The batch order is seeded from (seed, round, partition), so
 a round gives the same update whichever process or engine runs it.
 
+The model, data and training come from :mod:`federated.task` (the built-in MLP) or, when the
+run config names one (``task``), from a user's task module (:class:`federated.task.UserTask`).
+
 Injected faults (``faults`` in the run config) make a chosen client raise, exit its process
 or hang in a chosen round, to exercise the server's failure handling.
 """
@@ -18,8 +21,17 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated.settings import FedSettings
-from federated.task import derive_seed, get_weights, load_data, load_model, set_weights, test, train
+from federated.settings import FedSettings, split_settings
+from federated.task import (
+    UserTask,
+    derive_seed,
+    get_weights,
+    load_data,
+    load_model,
+    set_weights,
+    test,
+    train,
+)
 
 
 class InjectedFault(RuntimeError):
@@ -60,16 +72,37 @@ def local_update(settings: FedSettings, partition_id: int, server_round: int,
     return len(loader.dataset), loss
 
 
+def new_model(settings: FedSettings) -> torch.nn.Module:
+    """The run's freshly initialized model: the user's task's or the built-in MLP."""
+    if settings.task:
+        return UserTask(settings.task, settings.seed).model()
+    return load_model(settings.dataset, settings.hidden, settings.seed)
+
+
+def fit(settings: FedSettings, arrays: Any, partition_id: int, server_round: int) -> tuple[torch.nn.Module, int, float]:
+    """Trains the global ``arrays`` on this client's partition, seeded by round and partition.
+
+    Returns:
+        The trained model, the number of local training examples and the mean training loss.
+    """
+    torch.set_num_threads(1)  # one thread per client: deterministic sums, no oversubscription
+    model = new_model(settings)
+    set_weights(model, arrays)
+    if settings.task:
+        n, loss = UserTask(settings.task, settings.seed).fit(model, partition_id, settings.num_partitions,
+                                                            server_round, settings.local_epochs, settings.lr)
+    else:
+        n, loss = local_update(settings, partition_id, server_round, model)
+    return model, n, loss
+
+
 def client_train(msg: Message, context: Context, settings: FedSettings) -> Message:
     """Trains the message's model on this client's partition and replies with the update."""
-    torch.set_num_threads(1)  # one thread per client: deterministic sums, no oversubscription
     pid = _partition(context, settings)
     server_round = int(msg.content["config"]["server-round"])
     _inject(settings, server_round, pid)
     t0 = time.perf_counter()
-    model = load_model(settings.dataset, settings.hidden, settings.seed)
-    set_weights(model, msg.content["arrays"])
-    n, loss = local_update(settings, pid, server_round, model)
+    model, n, loss = fit(settings, msg.content["arrays"], pid, server_round)
     metrics = MetricRecord({"train_loss": loss, "num-examples": n, "partition-id": pid,
                             "train-seconds": time.perf_counter() - t0})
     return Message(content=RecordDict({"arrays": get_weights(model), "metrics": metrics}), reply_to=msg)
@@ -79,22 +112,31 @@ def client_evaluate(msg: Message, context: Context, settings: FedSettings) -> Me
     """Evaluates the message's model on this client's partition."""
     torch.set_num_threads(1)
     pid = _partition(context, settings)
-    model = load_model(settings.dataset, settings.hidden, settings.seed)
+    model = new_model(settings)
     set_weights(model, msg.content["arrays"])
-    loader = load_data(settings.dataset, pid, settings.num_partitions, settings.partitioner, settings.alpha,
-                       settings.classes_per_client, batch_size=512, seed=settings.seed)
-    loss, acc = test(model, loader)
-    metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(loader.dataset),
-                            "partition-id": pid})
+    if settings.task:
+        n, loss, acc = UserTask(settings.task, settings.seed).evaluate(model, pid, settings.num_partitions)
+    else:
+        loader = load_data(settings.dataset, pid, settings.num_partitions, settings.partitioner, settings.alpha,
+                           settings.classes_per_client, batch_size=512, seed=settings.seed)
+        (loss, acc), n = test(model, loader), len(loader.dataset)
+    metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": n, "partition-id": pid})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
-    """A ClientApp whose settings are ``Context.run_config`` updated with ``overrides``."""
-    client_app = ClientApp()
+    """A ClientApp whose settings are ``Context.run_config`` updated with ``overrides``.
+
+    It carries :data:`federated.secure_agg_mod`, as any user's app would: plain rounds pass
+    through to the handlers; in secure rounds (``aggregation = "secure"``) the mod answers
+    the protocol and masks the train handler's update.
+    """
+    from federated.secure_mod import secure_agg_mod
+
+    client_app = ClientApp(mods=[secure_agg_mod])
 
     def settings_of(context: Context) -> FedSettings:
-        return FedSettings.from_run_config({**dict(context.run_config), **(overrides or {})})
+        return split_settings({**dict(context.run_config), **(overrides or {})})[0]
 
     @client_app.train()
     def train_handler(msg: Message, context: Context) -> Message:

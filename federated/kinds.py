@@ -7,16 +7,27 @@ to metrics.jsonl, round times to timings.jsonl. A centralized model trained on t
 the clients' data is the reference line. Figures: test accuracy per round, and the label
 distribution of every client.
 
-Resume: the ServerApp checkpoints each round into ``checkpoints/fedavg-LABEL/``; `resume`
-continues the interrupted partitioning from its last round and skips finished ones.
+Your own task: ``task: mypkg.task`` names a module with the functions of Flower's quickstart
+``task.py`` (``load_model``, ``load_data``, ``train``, ``test``, and ``load_centralized_dataset``
+for the test curve; see :data:`federated.task.TASK_FUNCTIONS`). The run is then one curve,
+labelled ``task``, on that module's model and data; the built-in task's keys (``dataset``,
+``hidden``, ``partitionings``, ``centralized_reference``) must be left out.
+``aggregation: secure`` aggregates every round by secure aggregation instead.
+
+Resume: the ServerApp checkpoints each round into ``checkpoints/fedavg-LABEL/``, plain and
+secure runs alike; `resume` continues the interrupted partitioning from its last round and
+skips finished ones.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from experiments import ExperimentConfig, RunContext, Section, register_kind
 from federated.settings import FedSettings
@@ -67,27 +78,70 @@ class FedAvgConfig(ExperimentConfig):
     faults: str = Field(_D.faults, description="Injected client faults 'ROUND:CLIENT:MODE,...' (raise, exit, hang).")
     engine: Literal["simulation", "deployment"] = Field("simulation", description="Flower engine.")
     num_cpus: int = Field(2, ge=1, le=256, description="CPUs for the simulation engine's Ray.")
-    centralized_reference: bool = Field(True, description="Train on the union of the data as a reference.")
+    centralized_reference: bool = Field(True, description="Train on the union of the data as a reference "
+                                                   "(built-in task only).")
     target_accuracy: float = Field(0.95, gt=0, le=1, description="Accuracy for the rounds-to-target count.")
+    task: str = Field(_D.task, description="Import path of your task module (load_model, load_data, train, test, "
+                                           "load_centralized_dataset), e.g. 'mypkg.task'; '' = the built-in MLP.")
+    aggregation: Literal["plain", "secure"] = Field(
+        "plain", description="plain: the server sees every update; secure: only their sum (secure aggregation).")
+
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, task: str) -> str:
+        if task:
+            check_task_for_kinds(task)
+        return task
 
     @model_validator(mode="after")
     def _check_settings(self) -> FedAvgConfig:
+        if self.task:
+            builtin = sorted({"dataset", "hidden", "partitionings", "centralized_reference"} & self.model_fields_set)
+            if builtin:
+                raise ValueError(f"{', '.join(builtin)} apply to the built-in task only; leave them out when "
+                                 f"task={self.task!r} names your own module")
         # Every run's settings are built (and so checked) before any process starts.
-        for p in self.partitionings:
+        for p in self.runs():
             self.settings_for(p, "")
         labels = [p.label for p in self.partitionings]
         if len(set(labels)) != len(labels):
             raise ValueError(f"partitionings must be distinct, got {labels}")
         return self
 
-    def settings_for(self, p: Partitioning, checkpoint_dir: str) -> FedSettings:
-        """The Flower run settings of partitioning ``p``."""
+    def runs(self) -> list[Partitioning | None]:
+        """One entry per federated run: the partitionings, or None for a user's task."""
+        return [None] if self.task else list(self.partitionings)
+
+    def settings_for(self, p: Partitioning | None, checkpoint_dir: str) -> FedSettings:
+        """The Flower run settings of partitioning ``p`` (None: the user's task)."""
+        p = p or Partitioning()
         return FedSettings(
             num_server_rounds=self.rounds, num_partitions=self.num_clients, dataset=self.dataset,
             partitioner=p.partitioner, alpha=p.alpha, classes_per_client=p.classes_per_client,
             hidden=self.hidden, local_epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
             seed=self.seed, fraction_evaluate=self.fraction_evaluate, min_replies=self.min_replies,
-            round_timeout=self.round_timeout, checkpoint_dir=checkpoint_dir, resume=True, faults=self.faults)
+            round_timeout=self.round_timeout, checkpoint_dir=checkpoint_dir, resume=True, faults=self.faults,
+            task=self.task, aggregation=self.aggregation)
+
+
+def check_task_for_kinds(task: str) -> None:
+    """Checks a user's task module for the experiment kinds (which plot its test curve).
+
+    Raises:
+        ValueError: the module cannot be imported, lacks a task function, or has no
+            ``load_centralized_dataset`` (the message names the module and what is missing).
+    """
+    from federated.task import CENTRALIZED, load_task_module
+
+    module = load_task_module(task)
+    if not callable(getattr(module, CENTRALIZED, None)):
+        raise ValueError(f"module {task!r} lacks {CENTRALIZED}() -> the held-out test loader the experiment "
+                         f"kinds evaluate the global model on each round")
+
+
+def label_of(p: Partitioning | None) -> str:
+    """The name of a run in metrics, checkpoints and headline keys."""
+    return "task" if p is None else p.label
 
 
 def centralized_curve(cfg: FedAvgConfig) -> list[float]:
@@ -118,43 +172,70 @@ def run_federated(cfg: FedAvgConfig, ctx: RunContext) -> dict[str, Any]:
     from federated.task import label_counts, partition_indices
 
     done: dict[str, Any] = dict(ctx.resume_state or {})
-    if cfg.centralized_reference and "centralized" not in done:
+    reference = cfg.centralized_reference and not cfg.task
+    if reference and "centralized" not in done:
         curve = centralized_curve(cfg)
         for epoch, acc in enumerate(curve, start=1):
             ctx.log(partitioning="centralized", epoch=epoch, test_acc=acc)
         done["centralized"] = curve
         ctx.save_checkpoint(done)
-    for p in ctx.progress(cfg.partitionings, description="federated"):
-        if p.label in done:
+    for p in ctx.progress(cfg.runs(), description="federated"):
+        label = label_of(p)
+        if label in done:
             continue
-        ckdir = ctx.path / "checkpoints" / f"fedavg-{p.label}"
+        ckdir = ctx.path / "checkpoints" / f"fedavg-{label}"
         settings = cfg.settings_for(p, str(ckdir))
 
-        def report(rec: dict[str, Any], label: str = p.label) -> None:
+        def report(rec: dict[str, Any], label: str = label) -> None:
             ctx.info(f"{label} round {rec['round']}: test_acc {rec['test_acc']:.4f} "
                      f"replies {rec['replies']} failures {rec['failures']}")
 
-        result = _run_engine(cfg, settings, report)
+        with task_importable(cfg.task):
+            result = _run_engine(cfg, settings, report)
         for rec in result["history"]:
-            ctx.log(partitioning=p.label, **{k: v for k, v in rec.items() if k != "timing"})
+            ctx.log(partitioning=label, **{k: v for k, v in rec.items() if k != "timing"})
             if rec["timing"]:
-                ctx.log_timing(partitioning=p.label, round=rec["round"], **rec["timing"])
-        done[p.label] = [{k: v for k, v in rec.items() if k != "timing"} for rec in result["history"]]
+                ctx.log_timing(partitioning=label, round=rec["round"], **rec["timing"])
+        done[label] = [{k: v for k, v in rec.items() if k != "timing"} for rec in result["history"]]
         ctx.save_checkpoint(done)
 
-    counts = {p.label: label_counts(cfg.dataset, partition_indices(
+    counts = {} if cfg.task else {p.label: label_counts(cfg.dataset, partition_indices(
         cfg.dataset, cfg.num_clients, p.partitioner, p.alpha, p.classes_per_client, cfg.seed))
         for p in cfg.partitionings}
     _figures(cfg, ctx, done, counts)
     headline: dict[str, Any] = {}
-    for p in cfg.partitionings:
-        hist = done[p.label]
-        headline[f"{p.label}_final_acc"] = hist[-1]["test_acc"]
-        headline[f"{p.label}_rounds_to_{round(cfg.target_accuracy * 100)}"] = rounds_to(hist, cfg.target_accuracy)
-        headline[f"{p.label}_failures"] = sum(h["failures"] for h in hist)
-    if cfg.centralized_reference:
+    for label in map(label_of, cfg.runs()):
+        hist = done[label]
+        headline[f"{label}_final_acc"] = hist[-1]["test_acc"]
+        headline[f"{label}_rounds_to_{round(cfg.target_accuracy * 100)}"] = rounds_to(hist, cfg.target_accuracy)
+        headline[f"{label}_failures"] = sum(h["failures"] for h in hist)
+    if reference:
         headline["centralized_final_acc"] = done["centralized"][-1]
     return headline
+
+
+@contextlib.contextmanager
+def task_importable(task: str) -> Iterator[None]:
+    """Puts the folder ``task`` is imported from on PYTHONPATH while the engine runs.
+
+    The deployment engine's processes (SuperLink, SuperNodes and the apps they start) inherit
+    the environment, not this process's ``sys.path``; Flower's simulation engine hands its
+    workers ``sys.path`` itself.
+    """
+    if not task:
+        yield
+        return
+    from federated.task import task_module_root
+
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [task_module_root(task), before]))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def _run_engine(cfg: FedAvgConfig, settings: FedSettings, report: Any) -> dict[str, Any]:
@@ -178,19 +259,22 @@ def _figures(cfg: FedAvgConfig, ctx: RunContext, done: dict[str, Any], counts: d
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for p in cfg.partitionings:
-        hist = done[p.label]
-        ax.plot([h["round"] for h in hist], [h["test_acc"] for h in hist], marker="o", ms=2.5, label=p.label)
-    if cfg.centralized_reference:
+    for label in map(label_of, cfg.runs()):
+        hist = done[label]
+        ax.plot([h["round"] for h in hist], [h["test_acc"] for h in hist], marker="o", ms=2.5,
+                label=cfg.task if cfg.task else label)
+    if "centralized" in done:
         curve = done["centralized"]
         epochs_per_round = cfg.local_epochs
         ax.plot(np.arange(1, len(curve) + 1) / epochs_per_round, curve, "k--", lw=1.2,
                 label=f"centralized (final {curve[-1]:.3f})")
     ax.axhline(cfg.target_accuracy, color="grey", ls=":", lw=1, label=f"target {cfg.target_accuracy:.0%}")
     ax.set(xlabel="round (centralized: epochs / local epochs)", ylabel="test accuracy", ylim=(0, 1.02),
-           title=f"FedAvg, {cfg.num_clients} clients on {cfg.dataset} ({cfg.engine} engine)")
+           title=f"FedAvg, {cfg.num_clients} clients on {cfg.task or cfg.dataset} ({cfg.engine} engine)")
     ax.legend(fontsize=8, loc="lower right")
     ctx.save_figure(fig, "accuracy_per_round")
+    if not counts:  # a user's task partitions its own data
+        return
 
     n = len(counts)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)

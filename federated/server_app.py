@@ -1,9 +1,12 @@
-"""The ServerApp: broadcast the global model, average the replies, evaluate, checkpoint.
+"""The ServerApp: broadcast the global model, aggregate the replies, evaluate, checkpoint.
 
-A thin adapter over :mod:`federated.task` and :class:`federated.strategy.RobustFedAvg`. The
-round loop is the one of ``Strategy.start`` with three additions a long run needs: it can
-begin at a later round (resume), it checkpoints after every round, and it records each
-round (centralized test accuracy on the held-out split, replies and failures, times).
+One round loop for every run, plain or secure (:func:`run_rounds`). It is the loop of Flower's
+``Strategy.start`` (configure_train, exchange, aggregate_train, configure/aggregate_evaluate,
+centralized evaluation) with what a long run needs on top: it can begin at a later round
+(resume), it checkpoints after every round, and it records each round (centralized test
+accuracy, replies and failures, times). The aggregation is pluggable: any Message-API
+strategy; :func:`make_strategy` builds the plain one (:class:`RobustFedAvg`, every update
+seen by the server) or the secure one (the server sees only the sum) from the settings.
 
 ``app`` is what ``flwr run .`` and the deployment engine load (``federated.server_app:app``);
 :func:`make_server_app` builds one with fixed settings for the simulation engine.
@@ -12,16 +15,19 @@ round (centralized test accuracy on the held-out split, replies and failures, ti
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from flwr.app import ConfigRecord, Context
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from federated.checkpoint import load_server_checkpoint, save_server_checkpoint
-from federated.settings import FedSettings
-from federated.strategy import RobustFedAvg
+from federated.settings import FedSettings, split_settings
+from federated.strategy import RobustFedAvg, TooFewReplies
 from federated.task import (
+    UserTask,
     get_weights,
     load_model,
     load_test_data,
@@ -32,77 +38,166 @@ from federated.task import (
 )
 
 RoundCallback = Callable[[dict[str, Any]], None]
+# What a secure strategy reports of a round, copied into the round's record when present.
+SECURE_FIELDS = ("survivors", "dropped", "error_bound", "pipelined")
 
 
-def evaluate_global(settings: FedSettings, weights: dict[str, Any]) -> tuple[float, float]:
-    """Test loss and accuracy of ``weights`` on the held-out test split."""
-    model = load_model(settings.dataset, settings.hidden, settings.seed)
+def new_global_model(settings: FedSettings) -> Any:
+    """The run's freshly initialized model (the user's task's, or the built-in MLP)."""
+    if settings.task:
+        return UserTask(settings.task, settings.seed).model()
+    return load_model(settings.dataset, settings.hidden, settings.seed)
+
+
+def initial_weights(settings: FedSettings) -> dict[str, np.ndarray]:
+    """The initial global model as ``{name: array}``, fixed by ``settings.seed``."""
+    return weights_to_numpy(get_weights(new_global_model(settings)))
+
+
+def evaluate_global(settings: FedSettings, weights: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Test loss and accuracy of ``weights`` on the held-out test split.
+
+    A user's task module without ``load_centralized_dataset`` has none: (None, None).
+    """
+    model = new_global_model(settings)
     set_weights(model, numpy_to_weights(weights))
+    if settings.task:
+        return UserTask(settings.task, settings.seed).central_evaluate(model) or (None, None)
     return test(model, load_test_data(settings.dataset))
 
 
-def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None = None) -> dict[str, Any]:
-    """Runs FedAvg for ``settings.num_server_rounds`` rounds on ``grid``.
+def make_strategy(settings: FedSettings, secagg: dict[str, Any] | None = None) -> Strategy:
+    """The aggregation ``settings.aggregation`` names.
+
+    Args:
+        settings: The run.
+        secagg: The run config's ``secagg-*`` keys (secure aggregation's parameters).
+
+    Returns:
+        ``plain``: :class:`RobustFedAvg` (replies in partition order, the reply minimum).
+        ``secure``: ``SecureAggregation(FedAvg(...))``: the server learns only the clients'
+        weighted sum (see :mod:`federated.secure_aggregation`).
+    """
+    common = dict(fraction_train=settings.fraction_train, fraction_evaluate=settings.fraction_evaluate,
+                  min_evaluate_nodes=1 if settings.fraction_evaluate > 0 else 0,
+                  min_available_nodes=settings.num_partitions)
+    if settings.aggregation == "plain":
+        return RobustFedAvg(min_replies=settings.min_replies, min_train_nodes=settings.min_replies, **common)
+    from flwr.serverapp.strategy import FedAvg
+
+    from federated.secure_aggregation import SecAggParams, SecureAggregation
+
+    return SecureAggregation(FedAvg(min_train_nodes=max(2, settings.min_replies), **common),
+                             SecAggParams.from_run_config(secagg or {}), timeout=settings.round_timeout,
+                             num_rounds=settings.num_server_rounds)
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float) -> None:
+    """Blocks until ``count`` nodes are connected (at most ``timeout`` s).
+
+    Flower's strategies size their sample from the nodes connected *before* they wait for
+    the minimum, so a round that starts while SuperNodes are still registering would sample
+    fewer.
+    """
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(grid.get_node_ids()))} of {count} nodes connected within "
+                               f"{timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
+    from federated.secure_aggregation import exchange
+
+    return exchange(grid, list(messages), timeout)
+
+
+def _tally(sent: int, replies: list[Message], metrics: MetricRecord | None,
+           strategy: Strategy) -> dict[str, Any]:
+    """Successes, failures and secure-aggregation counts of one training round."""
+    ok = sum(1 for m in replies if not m.has_error())
+    seconds = [float(next(iter(m.content.metric_records.values()), {}).get("train-seconds", 0.0))
+               for m in replies if not m.has_error()]
+    out: dict[str, Any] = {}
+    secure = getattr(strategy, "last_round", None)
+    if secure is not None and all(hasattr(secure, f) for f in SECURE_FIELDS):
+        # The masking replies are not the survivors: a client may still drop while unmasking.
+        out = {f: getattr(secure, f) for f in SECURE_FIELDS}
+        ok = int(secure.survivors)
+    return {"replies": ok, "failures": max(sent - ok, 0), "slowest": max(seconds, default=0.0), "secure": out}
+
+
+def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None = None, *,
+               strategy: Strategy | None = None, secagg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Runs FedAvg for ``settings.num_server_rounds`` rounds on ``grid``, plain or secure.
 
     Args:
         grid: Flower's Grid (simulation or deployment engine).
         settings: The run's settings.
         on_round: Called with each round's record as it completes.
+        strategy: The aggregation; default :func:`make_strategy` ``(settings, secagg)``.
+        secagg: The ``secagg-*`` run-config keys (for the default secure strategy).
 
     Returns:
         ``{"weights": final {name: array}, "history": [record per round, round 0 first]}``.
         A record holds deterministic values (``round``, ``train_loss``, ``test_loss``,
-        ``test_acc``, ``replies``, ``failures``, ``eval_acc``) and, under ``timing``, the
-        wall-clock ones (``round_seconds``, ``slowest_client_seconds``).
+        ``test_acc``, ``replies``, ``failures``, ``eval_acc``; in secure runs also
+        ``survivors``, ``dropped``, ``error_bound`` and ``pipelined``) and, under
+        ``timing``, the wall-clock ones (``round_seconds``, ``slowest_client_seconds``).
 
     Raises:
         TooFewReplies: when a round has fewer than ``settings.min_replies`` successes; the
-            checkpoint of the previous round stays as it was.
+            checkpoint of the previous round stays as it was. A secure round that loses
+            too many clients to unmask raises the secure strategy's error, with the same
+            effect.
     """
-    strategy = RobustFedAvg(
-        min_replies=settings.min_replies,
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=settings.fraction_evaluate,
-        min_train_nodes=settings.min_replies,
-        min_evaluate_nodes=1 if settings.fraction_evaluate > 0 else 0,
-        min_available_nodes=settings.num_partitions,
-    )
+    strategy = strategy if strategy is not None else make_strategy(settings, secagg)
     state = load_server_checkpoint(settings.checkpoint_dir) if settings.checkpoint_dir and settings.resume else None
     if state is not None:
         weights, history, start = state["weights"], list(state["history"]), state["round"] + 1
     else:
-        weights = weights_to_numpy(get_weights(load_model(settings.dataset, settings.hidden, settings.seed)))
+        weights = initial_weights(settings)
         test_loss, test_acc = evaluate_global(settings, weights)
         history = [{"round": 0, "train_loss": None, "test_loss": test_loss, "test_acc": test_acc,
                     "replies": 0, "failures": 0, "eval_acc": None, "timing": {}}]
         start = 1
+        if settings.checkpoint_dir:
+            save_server_checkpoint(settings.checkpoint_dir, 0, weights, history)
         if on_round:
             on_round(history[0])
     for server_round in range(start, settings.num_server_rounds + 1):
         t0 = time.perf_counter()
-        arrays = numpy_to_weights(weights)
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-        replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
+        wait_for_nodes(grid, settings.num_partitions, settings.round_timeout)
+        messages = list(strategy.configure_train(server_round, numpy_to_weights(weights), ConfigRecord(), grid))
+        replies = _exchange(grid, messages, settings.round_timeout)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        replies_info = strategy.last_round
+        tally = _tally(len(messages), replies, train_metrics, strategy)
+        if new_arrays is None or tally["replies"] < settings.min_replies:
+            raise TooFewReplies(
+                f"round {server_round}: {tally['replies']} of {len(messages)} clients replied successfully, "
+                f"fewer than min_replies={settings.min_replies}; stopping (the checkpoint of round "
+                f"{server_round - 1} is kept)")
         weights = weights_to_numpy(new_arrays)
         eval_acc = None
         if settings.fraction_evaluate > 0:
             eval_msgs = strategy.configure_evaluate(server_round, new_arrays, ConfigRecord(), grid)
             eval_metrics = strategy.aggregate_evaluate(
-                server_round, grid.send_and_receive(eval_msgs, timeout=settings.round_timeout))
-            eval_acc = None if eval_metrics is None else float(eval_metrics["eval_acc"])
+                server_round, _exchange(grid, eval_msgs, settings.round_timeout))
+            if eval_metrics is not None and "eval_acc" in eval_metrics:
+                eval_acc = float(eval_metrics["eval_acc"])
         test_loss, test_acc = evaluate_global(settings, weights)
         record = {
             "round": server_round,
-            "train_loss": float(train_metrics["train_loss"]) if train_metrics else None,
+            "train_loss": float(train_metrics["train_loss"]) if train_metrics and "train_loss" in train_metrics
+            else None,
             "test_loss": test_loss,
             "test_acc": test_acc,
-            "replies": replies_info.ok,
-            "failures": replies_info.failures,
+            "replies": tally["replies"],
+            "failures": tally["failures"],
             "eval_acc": eval_acc,
-            "timing": {"round_seconds": time.perf_counter() - t0,
-                       "slowest_client_seconds": replies_info.slowest_train_seconds},
+            **tally["secure"],
+            "timing": {"round_seconds": time.perf_counter() - t0, "slowest_client_seconds": tally["slowest"]},
         }
         history.append(record)
         if settings.checkpoint_dir:
@@ -113,7 +208,8 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
 
 
 def make_server_app(overrides: dict[str, Any] | None = None, sink: list[Any] | None = None,
-                    on_round: RoundCallback | None = None) -> ServerApp:
+                    on_round: RoundCallback | None = None,
+                    strategy: Callable[[FedSettings, dict[str, Any]], Strategy] | None = None) -> ServerApp:
     """A ServerApp whose settings are ``Context.run_config`` updated with ``overrides``.
 
     Args:
@@ -122,14 +218,16 @@ def make_server_app(overrides: dict[str, Any] | None = None, sink: list[Any] | N
         sink: If given, the result of :func:`run_rounds` is appended to it (same process), or
             the exception that stopped it (then also raised).
         on_round: Called with each round's record.
+        strategy: ``f(settings, secagg_keys) -> Strategy`` replacing :func:`make_strategy`.
     """
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings = FedSettings.from_run_config({**dict(context.run_config), **(overrides or {})})
+        settings, secagg = split_settings({**dict(context.run_config), **(overrides or {})})
         try:
-            result: Any = run_rounds(grid, settings, on_round)
+            chosen = (strategy or make_strategy)(settings, secagg)
+            result: Any = run_rounds(grid, settings, on_round, strategy=chosen)
         except Exception as exc:
             # The simulation engine may wrap it in its own RuntimeError; the sink keeps the cause.
             if sink is not None:

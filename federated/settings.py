@@ -12,9 +12,11 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
-from federated.task import DATASETS, PARTITIONERS, check_partition_args
+from federated.task import DATASETS, PARTITIONERS, check_partition_args, load_task_module
 
 FAULT_MODES = ("raise", "exit", "hang")
+AGGREGATIONS = ("plain", "secure")
+SECAGG_PREFIX = "secagg-"  # run-config keys of secure aggregation's own parameters
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,12 @@ class FedSettings:
         faults: Injected faults, ``"ROUND:PARTITION:MODE,..."`` with MODE one of
             ``raise`` (the ClientApp raises), ``exit`` (its process exits), ``hang``
             (it sleeps past ``round_timeout``). '' = none.
+        aggregation: ``plain`` (the server sees each update) or ``secure`` (it sees only the
+            sum, through secure aggregation; its parameters are the ``secagg-*`` keys).
+        task: Import path of a user's task module with ``load_model``, ``load_data``,
+            ``train`` and ``test`` (see :data:`federated.task.TASK_FUNCTIONS`); '' trains
+            the built-in MLP on ``dataset``, and ``dataset``, ``partitioner``, ``alpha``,
+            ``classes_per_client`` and ``hidden`` apply to it only.
     """
 
     num_server_rounds: int = 3
@@ -73,6 +81,8 @@ class FedSettings:
     checkpoint_dir: str = ""
     resume: bool = False
     faults: str = ""
+    aggregation: str = "plain"
+    task: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,6 +109,12 @@ class FedSettings:
         check_partition_args(self.dataset, self.num_partitions, self.partitioner, self.alpha,
                              self.classes_per_client)
         self.fault_list()
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        if self.aggregation == "secure" and self.num_partitions < 2:
+            raise ValueError(f"num_partitions must be >= 2 for secure aggregation, got {self.num_partitions}")
+        if self.task:
+            load_task_module(self.task)
 
     def fault_list(self) -> list[Fault]:
         """The parsed ``faults`` string."""
@@ -153,3 +169,15 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"run-config key {f.name.replace('_', '-')!r} must be {kind.__name__}, got {value!r}")
     return value
+
+
+def split_settings(run_config: Any) -> tuple[FedSettings, dict[str, Any]]:
+    """The FedSettings of a run config, and its secure-aggregation (``secagg-*``) keys apart.
+
+    Raises:
+        ValueError: for an unknown key or a bad value (the ``secagg-*`` keys are checked by
+            whoever reads them).
+    """
+    config = dict(run_config)
+    secagg = {k: v for k, v in config.items() if k.startswith(SECAGG_PREFIX)}
+    return FedSettings.from_run_config({k: v for k, v in config.items() if k not in secagg}), secagg

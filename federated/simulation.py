@@ -19,12 +19,16 @@ from federated.server_app import RoundCallback, make_server_app
 from federated.settings import FedSettings
 
 
-def simulate(settings: FedSettings, *, num_cpus: int = 2, on_round: RoundCallback | None = None,
-             verbose: bool = False) -> dict[str, Any]:
+def simulate(settings: FedSettings, *, secagg: dict[str, Any] | None = None, num_cpus: int = 2,
+             on_round: RoundCallback | None = None, verbose: bool = False) -> dict[str, Any]:
     """Runs ``settings`` on the simulation engine and returns ``run_rounds``' result.
+
+    Plain and secure runs (``settings.aggregation``) go through the same round loop, so both
+    checkpoint every round and resume (``settings.resume``) the same way.
 
     Args:
         settings: The run (``num_partitions`` virtual SuperNodes are started).
+        secagg: Secure aggregation's ``secagg-*`` run-config keys (secure runs only).
         num_cpus: CPUs Ray may use; each ClientApp actor takes one.
         on_round: Called in this process with each completed round's record.
         verbose: Keep Flower's INFO log on the console.
@@ -34,7 +38,7 @@ def simulate(settings: FedSettings, *, num_cpus: int = 2, on_round: RoundCallbac
     """
     from federated.client_app import make_client_app
 
-    overrides = settings.to_run_config()
+    overrides = {**settings.to_run_config(), **(secagg or {})}
     sink: list[Any] = []
     return run_apps(make_server_app(overrides, sink=sink, on_round=on_round), make_client_app(overrides),
                     settings.num_partitions, sink, num_cpus=num_cpus, verbose=verbose)

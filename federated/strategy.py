@@ -7,7 +7,10 @@ Flower's ``aggregate_arrayrecords``. The subclass adds what a long run needs:
 - replies are put in partition order before averaging, so the float sum, and therefore the
   final model, does not depend on which client answered first;
 - a round counts its failures (error replies and replies that never came before the
-  timeout) and raises :class:`TooFewReplies` when fewer than ``min_replies`` succeeded.
+  timeout) and raises :class:`TooFewReplies` when fewer than ``min_replies`` succeeded;
+- a reply needs only its arrays and ``num-examples``: every other metric (``train_loss``,
+  ``eval_acc``, a user's own) is optional and averaged, weighted by examples, when the
+  replies carry it, as Flower's ``aggregate_metricrecords`` does.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 WEIGHT_KEY = "num-examples"
+# Per-reply bookkeeping, not something to average over clients.
+BOOKKEEPING = ("partition-id", "train-seconds")
 
 
 class TooFewReplies(RuntimeError):
@@ -88,8 +93,34 @@ def aggregate_replies(contents: Sequence[RecordDict], weight_key: str = WEIGHT_K
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in fedavg(arrays, weights).items()})
 
 
-def _partition_of(msg: Message) -> int:
-    return int(next(iter(msg.content.metric_records.values())).get("partition-id", 0))
+def weighted_metrics(records: Sequence[Any], weight_key: str = WEIGHT_KEY) -> dict[str, float]:
+    """The example-weighted mean of every numeric metric the records carry.
+
+    Args:
+        records: One MetricRecord (or mapping) per reply; each must hold ``weight_key``.
+        weight_key: The metric holding the reply's number of examples.
+
+    Returns:
+        ``{key: sum_k n_k * m_k[key] / sum_k n_k}`` over the records that hold ``key``, for
+        every scalar key but ``weight_key`` and the bookkeeping keys; a reply without
+        ``train_loss`` (or any other optional metric) simply contributes nothing to it.
+    """
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for record in records:
+        n = float(record[weight_key])
+        for key, value in record.items():
+            if key == weight_key or key in BOOKKEEPING or isinstance(value, list):
+                continue
+            sums[key] = sums.get(key, 0.0) + n * float(value)
+            weights[key] = weights.get(key, 0.0) + n
+    return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
+
+
+def _reply_order(msg: Message) -> tuple[int, int]:
+    # Partition order when the clients say which partition they hold, else the node id.
+    metrics = next(iter(msg.content.metric_records.values()), {})
+    return int(metrics.get("partition-id", -1)), int(msg.metadata.src_node_id)
 
 
 class RobustFedAvg(FedAvg):
@@ -137,7 +168,7 @@ class RobustFedAvg(FedAvg):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         valid, errors = self._check_and_log_replies(replies, is_train=True)
-        valid.sort(key=_partition_of)
+        valid.sort(key=_reply_order)
         seconds = [float(next(iter(m.content.metric_records.values())).get("train-seconds", 0.0)) for m in valid]
         self.last_round = RoundReplies(
             sent=self._sent, ok=len(valid), errors=len(errors),
@@ -154,18 +185,14 @@ class RobustFedAvg(FedAvg):
             )
         contents = [m.content for m in valid]
         arrays = aggregate_replies(contents, self.weighted_by_key)
-        n = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
-        losses = [float(next(iter(c.metric_records.values()))["train_loss"]) for c in contents]
-        mean_loss = sum(li * ni for li, ni in zip(losses, n, strict=True)) / sum(n)
-        return arrays, MetricRecord({"train_loss": mean_loss})
+        metrics = weighted_metrics([next(iter(c.metric_records.values())) for c in contents], self.weighted_by_key)
+        return arrays, MetricRecord(metrics)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         valid, _ = self._check_and_log_replies(list(replies), is_train=False)
         if not valid:
             return None
-        valid.sort(key=_partition_of)
-        metrics = [next(iter(m.content.metric_records.values())) for m in valid]
-        n = [float(m[self.weighted_by_key]) for m in metrics]
-        acc = sum(float(m["eval_acc"]) * w for m, w in zip(metrics, n, strict=True)) / sum(n)
-        loss = sum(float(m["eval_loss"]) * w for m, w in zip(metrics, n, strict=True)) / sum(n)
-        return MetricRecord({"eval_acc": acc, "eval_loss": loss, "eval_replies": len(valid)})
+        valid.sort(key=_reply_order)
+        metrics = weighted_metrics([next(iter(m.content.metric_records.values())) for m in valid],
+                                   self.weighted_by_key)
+        return MetricRecord({**metrics, "eval_replies": len(valid)})

@@ -22,6 +22,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -325,3 +326,107 @@ def numpy_to_weights(weights: dict[str, np.ndarray]) -> Any:
     from flwr.app import Array, ArrayRecord
 
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()})
+
+
+# A user's task module ----------------------------------------------------------------------
+#
+# The run config's ``task`` key names a module by import path (``mypkg.task``) that holds the
+# same four plain functions as Flower's quickstart ``task.py``. The framework owns the seeds:
+# it seeds torch's global generator before building the model and before each local
+# training, so a module written without any seeding still gives the same run for the same
+# seed, and a resumed run the same model as an uninterrupted one.
+
+TASK_FUNCTIONS = {
+    "load_model": "load_model() -> torch.nn.Module (the initial global model)",
+    "load_data": "load_data(partition_id, num_partitions) -> (trainloader, testloader)",
+    "train": "train(model, trainloader, epochs, lr, device) -> mean training loss",
+    "test": "test(model, testloader, device) -> (loss, accuracy)",
+}
+CENTRALIZED = "load_centralized_dataset"  # optional: () -> the server's held-out test loader
+
+
+def load_task_module(path: str, key: str = "task") -> Any:
+    """Imports the task module ``path`` and checks that it has the task functions.
+
+    Args:
+        path: A dotted import path (``examples.secure_quickstart.task``, ``mypkg.task``)
+            importable from ``sys.path``.
+        key: The config key that named it, for the error message.
+
+    Returns:
+        The module.
+
+    Raises:
+        ValueError: naming ``key``, the path and what is missing or wrong.
+    """
+    import importlib
+
+    if not path or not all(part.isidentifier() for part in path.split(".")):
+        raise ValueError(f"{key} must be a dotted module path such as 'mypkg.task', got {path!r}")
+    try:
+        module = importlib.import_module(path)
+    except ImportError as exc:
+        raise ValueError(f"{key}: cannot import {path!r} ({exc}); it must be importable from sys.path "
+                         f"(install its package or run from the folder above it)") from None
+    missing = [f"{name}: {sig}" for name, sig in TASK_FUNCTIONS.items() if not callable(getattr(module, name, None))]
+    if missing:
+        raise ValueError(f"{key}: module {path!r} lacks the task function(s) " + "; ".join(missing))
+    return module
+
+
+def task_module_root(path: str) -> str:
+    """The ``sys.path`` folder that ``path`` is imported from (to hand to other processes)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(path)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"task: cannot find module {path!r}")
+    origin = Path(spec.origin).resolve()
+    levels = path.count(".") + (1 if origin.name == "__init__.py" else 0)
+    return str(origin.parents[levels])
+
+
+class UserTask:
+    """A user's task module driven with the framework's seeds.
+
+    Args:
+        path: The module's import path (see :func:`load_task_module`).
+        seed: The run's seed: fixes the initial model and, with the round and partition,
+            every local training's randomness (torch's global generator).
+    """
+
+    def __init__(self, path: str, seed: int = 0) -> None:
+        self.path = path
+        self.module = load_task_module(path)
+        self.seed = seed
+
+    def model(self) -> nn.Module:
+        """The initial global model, the same for the same seed."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self.module.load_model()
+
+    def fit(self, model: nn.Module, partition_id: int, num_partitions: int, server_round: int,
+            epochs: int, lr: float) -> tuple[int, float]:
+        """One client's local training in place; returns (training examples, mean loss)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, server_round, partition_id))
+            trainloader, _ = self.module.load_data(partition_id, num_partitions)
+            loss = self.module.train(model, trainloader, epochs, lr, "cpu")
+        return len(trainloader.dataset), float(loss)
+
+    def evaluate(self, model: nn.Module, partition_id: int, num_partitions: int) -> tuple[int, float, float]:
+        """One client's evaluation on its own test loader: (examples, loss, accuracy)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "evaluate", partition_id))
+            _, testloader = self.module.load_data(partition_id, num_partitions)
+            loss, acc = self.module.test(model, testloader, "cpu")
+        return len(testloader.dataset), float(loss), float(acc)
+
+    def central_evaluate(self, model: nn.Module) -> tuple[float, float] | None:
+        """(loss, accuracy) on the module's centralized test set; None when it has none."""
+        load = getattr(self.module, CENTRALIZED, None)
+        if load is None:
+            return None
+        loss, acc = self.module.test(model, load(), "cpu")
+        return float(loss), float(acc)
