@@ -252,6 +252,9 @@ class SecureAggregation(Strategy):
         timeout: Seconds to wait for each extra exchange (session opening, unmasking).
         num_rounds: Rounds the run will have; the last one opens no next session. Set by
             :meth:`start`; a driver that calls ``configure_train`` itself may set it.
+        trusted_keys: With ``params.active``: the clients' raw Ed25519 identity public keys;
+            the server then also refuses key certificates from anyone else (the clients check
+            them in any case).
 
     Raises:
         TypeError: ``strategy`` is not a Message-API strategy.
@@ -259,7 +262,7 @@ class SecureAggregation(Strategy):
 
     def __init__(self, strategy: Strategy, params: SecAggParams | None = None, *,
                  metrics: Iterable[str] = ("train_loss",), timeout: float = 600.0,
-                 num_rounds: int | None = None) -> None:
+                 num_rounds: int | None = None, trusted_keys: Iterable[bytes] | None = None) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"SecureAggregation wraps a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
         self.strategy = strategy
@@ -269,6 +272,7 @@ class SecureAggregation(Strategy):
             raise ValueError(f"metrics must be distinct non-empty names, got {self.metrics}")
         self.timeout = timeout
         self.num_rounds = num_rounds
+        self.trusted_keys = None if trusted_keys is None else list(trusted_keys)
         self.last_round = SecureRound()
         self._grid: Grid | None = None
         self._current: _Session | None = None
@@ -332,7 +336,7 @@ class SecureAggregation(Strategy):
         # A fresh id for every session, also when seeded: a reused session id would let a
         # reply of one session pass the envelope checks of another.
         seed = None if self.params.seed < 0 else f"{self.params.seed}|session|{self._serial}"
-        extra = {"active": True} if self.params.active else {}
+        extra: dict[str, Any] = {"active": True, "trusted_keys": self.trusted_keys} if self.params.active else {}
         server = SecAggServer(list(range(n)), self.params.threshold_for(n), dim, bits=self.params.bits,
                               neighbours=self.params.neighbours or None, seed=seed, **extra)
         return _Session(server, list(nodes), self._serial, dim)

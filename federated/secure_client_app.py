@@ -55,7 +55,7 @@ def train_task_model(arrays: ArrayRecord | Mapping[str, np.ndarray], context: Co
 
 
 def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train: LocalTrain | None = None, *,
-                           seed: int | None = None) -> ClientApp:
+                           seed: int | None = None, identity: Any = None) -> ClientApp:
     """The project's ClientApp: one plain train handler, secured by :data:`federated.secure_agg_mod`.
 
     It is built exactly as a user's app would be: the handler trains and returns arrays and
@@ -67,8 +67,11 @@ def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train:
             defaults to :func:`train_task_model`.
         seed: A reproducible seed for the nodes' secrets (tests only; by default they come
             from the OS, or from the node config key ``secagg-seed``).
+        identity: ``f(context) -> (identity_key, trusted_keys)`` for active sessions (see
+            :func:`federated.secure_mod.make_secure_agg_mod`); by default the node config's key files.
     """
-    app = ClientApp(mods=[secure_agg_mod if seed is None else make_secure_agg_mod(seed=seed)])
+    custom = seed is not None or identity is not None
+    app = ClientApp(mods=[make_secure_agg_mod(seed=seed, identity=identity) if custom else secure_agg_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

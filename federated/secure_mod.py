@@ -190,6 +190,9 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
     def new_client(context: Context, record: ConfigRecord) -> SecAggClient:
         pid = _field(record, "id", int)
         kwargs: dict[str, Any] = {"seed": node_seed(context)}
+        if not record.get("active") and (identity is not None or IDENTITY_KEY in context.node_config):
+            # A node set up for active mode never lets the server downgrade it.
+            raise SecAggError("this node is configured for active secure aggregation and refuses a semi-honest session")
         if record.get("active"):
             if "active" not in _CLIENT_KWARGS:
                 raise SecAggError("the server asks for active mode, which this client's secure_agg does not support")
@@ -309,32 +312,26 @@ def _reply_metrics(reply: Message) -> dict[str, Any]:
     return dict(next(iter(records.values())))
 
 
-def _identity_from_node_config(context: Context) -> tuple[bytes, Any]:
-    """(signing key, trusted public keys) read from the files the node config names."""
+def _identity_from_node_config(context: Context) -> tuple[bytes, list[bytes]]:
+    """(signing key, trusted public keys) read from the files the node config names.
+
+    ``secagg-identity-key``: a file holding this node's raw 32-byte Ed25519 private key;
+    ``secagg-trusted-keys``: a folder of ``*.pub`` files, each one client's raw 32-byte
+    Ed25519 public key (this node's own among them).
+    """
     from pathlib import Path
 
     paths = {k: context.node_config.get(k) for k in (IDENTITY_KEY, TRUSTED_KEYS)}
     missing = [k for k, v in paths.items() if not isinstance(v, str) or not v]
     if missing:
         raise SecAggError(f"active secure aggregation needs the node config keys {', '.join(missing)} "
-                          "(paths of this node's signing key and of the trusted public keys)")
+                          "(this node's Ed25519 key file and the folder of trusted *.pub keys)")
     try:
-        key = Path(paths[IDENTITY_KEY]).read_bytes()
-        trusted = _read_trusted(Path(paths[TRUSTED_KEYS]))
+        key = Path(str(paths[IDENTITY_KEY])).read_bytes()
+        trusted = [f.read_bytes() for f in sorted(Path(str(paths[TRUSTED_KEYS])).glob("*.pub"))]
     except OSError as exc:
         raise SecAggError(f"cannot read a secure-aggregation key file: {exc}") from None
     return key, trusted
-
-
-def _read_trusted(path: Any) -> dict[int, bytes]:
-    """Trusted public keys: a folder of ``<client id>.pub`` files (raw key bytes)."""
-    out = {}
-    for file in sorted(path.glob("*.pub")):
-        try:
-            out[int(file.stem)] = file.read_bytes()
-        except ValueError:
-            raise SecAggError(f"trusted key file {file.name!r} must be named <client id>.pub") from None
-    return out
 
 
 secure_agg_mod = make_secure_agg_mod()
