@@ -6,6 +6,11 @@ learning it; HKDF-SHA256 turns that secret into either a pairwise mask seed or a
 AES-256-GCM encrypts the Shamir shares that travel through the server, with the round, the
 session and both ids as associated data so a ciphertext cannot be replayed to another pair
 or round.
+
+Ed25519 signs what clients say: every reply carries a signature by the client's per-session
+signing key (advertised in the first round; in ``active`` mode certified by its long-term
+identity key), always over a SHA-256 digest with a purpose label so that a 4 MB masked vector
+is hashed once and no signature can be replayed for another purpose.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import hashlib
 import hmac
 from functools import lru_cache
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -23,6 +29,7 @@ from secure_agg.randomness import RandomSource
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
+SIGNATURE_BYTES = 64
 
 
 def new_private_key(rng: RandomSource) -> bytes:
@@ -113,3 +120,64 @@ def decrypt(key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         return AESGCM(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], aad)
     except InvalidTag as exc:
         raise SecAggError("ciphertext rejected: authentication failed (tampered, or bound to another round or pair)") from exc
+
+
+def digest(label: str, *parts: bytes) -> bytes:
+    """SHA-256 of a purpose label and length-prefixed parts (unambiguous for any part lengths)."""
+    h = hashlib.sha256(b"agora-secagg " + label.encode())
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.digest()
+
+
+def id_bytes(client_id: int) -> bytes:
+    """A client id as 16 signed little-endian bytes (how ids enter hashes and ciphertexts)."""
+    return _id_bytes(client_id)
+
+
+def _signer(private: bytes) -> Ed25519PrivateKey:
+    # Not cached: a module-level cache would keep private keys alive after their session.
+    return Ed25519PrivateKey.from_private_bytes(private)
+
+
+@lru_cache(maxsize=1 << 16)
+def _verifier(public: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(public)
+
+
+def signing_public_key(private: bytes) -> bytes:
+    """The raw 32-byte Ed25519 public key of a raw 32-byte private key.
+
+    Raises:
+        SecAggError: ``private`` is not 32 bytes.
+    """
+    if not isinstance(private, bytes) or len(private) != KEY_BYTES:
+        raise SecAggError(f"an Ed25519 private key must be {KEY_BYTES} raw bytes")
+    return _signer(private).public_key().public_bytes_raw()
+
+
+def sign(private: bytes, message_digest: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) of a digest made by :func:`digest`."""
+    return _signer(private).sign(message_digest)
+
+
+def verify(public: bytes, signature: object, message_digest: bytes) -> bool:
+    """True when ``signature`` is a valid Ed25519 signature of ``message_digest`` by ``public``."""
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES \
+            or not isinstance(public, bytes) or len(public) != KEY_BYTES:
+        return False
+    try:
+        _verifier(public).verify(signature, message_digest)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def commitment(session: bytes, client_id: int, secret: bytes) -> bytes:
+    """H(session, id, b_u): binds a client to its self-mask seed before anyone holds a share.
+
+    The seed is 32 uniform bytes, so the hash reveals nothing usable about it; the server
+    checks a reconstructed seed against it, so corrupted shares cannot yield a wrong seed.
+    """
+    return digest("self-mask commitment", session, _id_bytes(client_id), secret)

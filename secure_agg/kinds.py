@@ -21,7 +21,7 @@ from secure_agg.errors import SecAggError
 from secure_agg.quantize import Quantization
 from secure_agg.rounds import MASKED_INPUT, ROUNDS
 from secure_agg.simulate import simulate
-from secure_agg.wire import decode
+from secure_agg.wire import peek_signed
 
 
 class ProtocolConfig(ExperimentConfig):
@@ -30,7 +30,8 @@ class ProtocolConfig(ExperimentConfig):
     num_clients: list[Annotated[int, Field(ge=2, le=1000)]] = Field([10, 20, 40], min_length=1, max_length=50,
                                                                     description="Session sizes to run (each 2..1000).")
     dim: int = Field(2000, gt=0, le=10_000_000, description="Entries per client vector.")
-    threshold: float = Field(0.5, gt=0, le=1, description="t as a fraction of the share holders (ceil).")
+    threshold: float = Field(0.5, gt=0, le=1, description="t: the smallest integer above this fraction of the share holders "
+                                                          "(clients refuse t at or below half of them).")
     dropout_rates: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.0, 0.1, 0.3], min_length=1, max_length=50,
                                                                      description="Fractions of clients that drop (each in [0, 1]).")
     neighbours: int = Field(6, ge=0, description="SecAgg+ degree k (0 skips the SecAgg+ runs; even, below n).")
@@ -50,7 +51,8 @@ class ProtocolConfig(ExperimentConfig):
 
 
 def _threshold(fraction: float, holders: int) -> int:
-    return max(1, int(np.ceil(fraction * holders)))
+    # Clients refuse t <= (their minimum) x holders, so take the smallest t strictly above.
+    return min(holders, int(np.floor(fraction * holders)) + 1)
 
 
 def _dropouts(rng: np.random.Generator, n: int, rate: float, t: int, holders: int) -> dict[str, list[int]]:
@@ -113,7 +115,7 @@ def run_protocol(cfg: ProtocolConfig, ctx: RunContext) -> dict[str, Any]:
 
     def capture(round_name: str, sender: Any, recipient: Any, data: bytes) -> bytes:
         if round_name == MASKED_INPUT and recipient == "server":
-            seen[sender] = decode(data)["masked"]
+            seen[sender] = peek_signed(data)["masked"]
         return data
 
     result = simulate(vectors, _threshold(cfg.threshold, n), seed=cfg.seed, quantization=quant, tamper=capture)

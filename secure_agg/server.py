@@ -6,32 +6,43 @@ the masking key s_sk of each dropped client, never both for one client. With t s
 it removes the self masks of survivors and the pairwise masks that survivors still share with
 dropped clients, which leaves exactly the sum of the survivors' inputs modulo 2**bits.
 
-Every request it sends and every reply it accepts goes through :mod:`secure_agg.wire`; a reply
-that is malformed, from another round or session, or from the wrong sender is discarded and its
-sender counted as dropped. When fewer than ``threshold`` holders remain for any secret the
-server stops with a SecAggError before asking for shares, so nothing is revealed.
+Every request it sends and every reply it accepts goes through :mod:`secure_agg.wire`. A reply
+is discarded, and its sender counted as dropped, when it is malformed, from another round,
+session or sender, not signed by the sender's session key, or answers a request other than the
+one sent (its ``ack``). A reconstructed b_u must match the commitment its owner sent and an
+s_sk its public key, and every share beyond t must lie on the same polynomial; a holder whose
+share does not is named in ``discarded`` and left out, and when no t shares reconstruct the
+committed secret the server raises instead of returning a sum. When fewer than ``threshold``
+holders remain for any secret the server stops with a SecAggError before asking for shares.
+With ``active`` it runs the consistency check of Bonawitz et al. (section 4) between the
+masked input and the unmasking.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
 from secure_agg import crypto, shamir
-from secure_agg.client import CIPHERTEXT_BYTES, SECRET_CHUNKS, pair_sign
+from secure_agg.client import (
+    CIPHERTEXT_BYTES,
+    ROSTER_CERTS,
+    ROSTER_KEYS,
+    SECRET_CHUNKS,
+    certificate_digest,
+    pair_sign,
+    request_digest,
+    survivors_digest,
+)
 from secure_agg.errors import SecAggError
 from secure_agg.graph import complete_graph, random_harary_graph
 from secure_agg.prg import MaskGenerator, reduce_mod, word_dtype
 from secure_agg.randomness import RandomSource
-from secure_agg.rounds import ADVERTISE_KEYS, DONE, MASKED_INPUT, SHARE_KEYS, UNMASKING
-from secure_agg.wire import (
-    SERVER,
-    open_message,
-    pack_roster,
-    seal,
-)
+from secure_agg.rounds import ADVERTISE_KEYS, CONSISTENCY_CHECK, DONE, MASKED_INPUT, SHARE_KEYS, UNMASKING
+from secure_agg.wire import SERVER, open_signed, pack_blobs, pack_roster, seal
 
 
 class SecAggServer:
@@ -40,58 +51,94 @@ class SecAggServer:
     Args:
         client_ids: The invited clients (distinct ints).
         threshold: t, shares needed to reconstruct a secret; at least t holders of every
-            needed secret must survive to the last round.
+            needed secret must survive to the last round. Clients refuse t at or below their
+            own minimum (by default half their share holders, two thirds with ``active``).
         dim: Length of every input vector.
         bits: Inputs and the sum live modulo 2**bits.
         neighbours: ``None`` for the complete graph (Bonawitz et al.); an int k for SecAgg+
             (each client pairs with k neighbours on a random Harary graph; t <= k + 1).
         seed: ``None`` for a random session id and graph; anything else makes them reproducible.
+            Nothing the server holds or sends seeds a client secret.
+        active: Run the consistency-check round and require certified keys (Bonawitz et al.
+            section 4); the clients must be built with ``active=True`` too.
+        trusted_keys: Optional, active mode: the identity public keys the server accepts;
+            an advertisement certified by any other key is discarded early (clients check
+            this themselves in any case).
     """
 
     def __init__(self, client_ids: list[int], threshold: int, dim: int, bits: int = 32,
-                 neighbours: int | None = None, seed: int | str | bytes | None = None) -> None:
+                 neighbours: int | None = None, seed: int | str | bytes | None = None, active: bool = False,
+                 trusted_keys: Collection[bytes] | None = None) -> None:
+        if any(isinstance(u, bool) or not isinstance(u, (int, np.integer)) for u in client_ids):
+            raise SecAggError("client_ids must be ints")
         ids = sorted(int(u) for u in client_ids)
         if len(set(ids)) != len(ids) or len(ids) < 2:
             raise SecAggError(f"client_ids must be at least 2 distinct ids, got {len(ids)} ({len(set(ids))} distinct)")
-        if dim < 1:
-            raise SecAggError(f"dim must be positive, got {dim}")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise SecAggError(f"dim must be a positive int, got {dim!r}")
         word_dtype(bits)
         rng = RandomSource(seed, label="server")
         if neighbours is None:
             self.graph = complete_graph(ids)
         else:
             self.graph = random_harary_graph(ids, int(neighbours), rng.child("graph"))
-        holders = len(ids) if neighbours is None else int(neighbours) + 1
-        if not 1 <= threshold <= holders:
-            raise SecAggError(f"threshold must be between 1 and the number of share holders per client ({holders}), got {threshold}")
+        self.holders = len(ids) if neighbours is None else int(neighbours) + 1
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) \
+                or not 1 <= threshold <= self.holders:
+            raise SecAggError(f"threshold must be between 1 and the number of share holders per client "
+                              f"({self.holders}), got {threshold}")
+        if not active and trusted_keys is not None:
+            raise SecAggError("trusted_keys is for active=True only")
         self.ids, self.threshold, self.dim, self.bits = ids, int(threshold), int(dim), int(bits)
+        self.active = bool(active)
+        self.trusted = None if trusted_keys is None else set(trusted_keys)
         self.session = rng.bytes(16)
+        self._rng = rng.child("checks")
         self.x = {u: i + 1 for i, u in enumerate(ids)}
         self.stage = ADVERTISE_KEYS
-        self.keys: dict[int, tuple[bytes, bytes]] = {}
+        self.keys: dict[int, dict[str, bytes]] = {}
+        self.acks: dict[int, bytes] = {}
         self.alive: set[int] = set(ids)
+        self.rosters: dict[int, tuple[int, ...]] = {}
         self.u2: set[int] = set()
+        self.commits: dict[int, bytes] = {}
         self.forwarded: dict[int, list[int]] = {}
         self.held: dict[int, set[int]] = {}
         self.masked: dict[int, np.ndarray] = {}
         self.partners: dict[int, set[int]] = {}
+        self.signers: set[int] = set()
         self.survivors: list[int] = []
         self.dropped: list[int] = []
         self.discarded: dict[int, str] = {}
 
+    # --- plumbing ---------------------------------------------------------------------------
+
     def _request(self, round_name: str, recipient: int, **payload: Any) -> bytes:
-        return seal(self.session, round_name, SERVER, recipient, **payload)
+        data = seal(self.session, round_name, SERVER, recipient, **payload)
+        # Every reply must echo this digest: a request altered on its way gets its reply discarded.
+        self.acks[recipient] = request_digest(data)
+        return data
 
     def _accept(self, responses: dict[int, bytes], round_name: str, expected: set[int]) -> dict[int, dict[str, Any]]:
         accepted = {}
+        if not isinstance(responses, dict):
+            raise SecAggError(f"responses must be a dict of client id -> bytes, got {type(responses).__name__}")
         for sender, data in responses.items():
             if sender not in expected:
                 self.discarded[sender] = f"{round_name}: not expected to answer"
                 continue
             try:
-                accepted[sender] = open_message(data, session=self.session, round_name=round_name, recipient=SERVER, sender=sender)
+                key = None if round_name == ADVERTISE_KEYS else self.keys[sender]["sig_pk"]
+                msg = open_signed(data, session=self.session, round_name=round_name, sender=sender, public_key=key)
+                if msg.get("ack") != self.acks.get(sender):
+                    raise SecAggError("it answers another request than the one sent (altered in transit?)")
             except SecAggError as exc:
                 self.discarded[sender] = f"{round_name}: {exc}"
+                continue
+            except Exception as exc:  # the decoder raises only SecAggError; this is a backstop
+                self.discarded[sender] = f"{round_name}: malformed reply ({type(exc).__name__}: {exc})"
+                continue
+            accepted[sender] = msg
         return accepted
 
     def _holders(self, u: int) -> set[int]:
@@ -107,58 +154,100 @@ class SecAggServer:
                 raise SecAggError(f"only {count} share holders of client {u} remain {when}, fewer than the threshold "
                                   f"{self.threshold}; aborting before any share is revealed")
 
+    def _check_shareholders(self, alive: set[int], when: str) -> None:
+        # Only v's graph neighbours (and v) can hold its shares: O(k) per client, not O(n).
+        for v in sorted(self.u2):
+            have = sum(1 for u in self._holders(v) if u in alive and v in self.held[u])
+            if have < self.threshold:
+                raise SecAggError(f"only {have} clients holding shares of client {v} remain {when}, fewer than "
+                                  f"the threshold {self.threshold}; aborting before any share is revealed")
+
     def _expect(self, stage: str) -> None:
         if self.stage != stage:
             raise SecAggError(f"the server is in round {self.stage!r}, not {stage!r}")
+
+    # --- rounds -----------------------------------------------------------------------------
 
     def advertise_keys_requests(self) -> dict[int, bytes]:
         """Round 0 requests: the session parameters, one message per client."""
         self._expect(ADVERTISE_KEYS)
         self.stage = SHARE_KEYS
-        return {u: self._request(ADVERTISE_KEYS, u, threshold=self.threshold, dim=self.dim, bits=self.bits) for u in self.ids}
+        return {u: self._request(ADVERTISE_KEYS, u, threshold=self.threshold, clients=len(self.ids),
+                                 holders=self.holders, dim=self.dim, bits=self.bits, active=self.active)
+                for u in self.ids}
+
+    def _advertised(self, u: int, msg: dict[str, Any]) -> dict[str, bytes]:
+        widths = {**ROSTER_KEYS, **(ROSTER_CERTS if self.active else {})}
+        keys = {name: msg.get(name) for name in widths}
+        if any(not isinstance(keys[name], bytes) or len(keys[name]) != width for name, width in widths.items()):
+            raise SecAggError(f"public keys missing or of the wrong length (need {sorted(widths)})")
+        if self.active:
+            if self.trusted is not None and keys["ipk"] not in self.trusted:
+                raise SecAggError("its identity key is not trusted")
+            if not crypto.verify(keys["ipk"], keys["cert"], certificate_digest(
+                    self.session, u, keys["c_pk"], keys["s_pk"], keys["sig_pk"])):
+                raise SecAggError("its session keys are not certified by its identity key")
+        return keys
 
     def share_keys_requests(self, responses: dict[int, bytes]) -> dict[int, bytes]:
         """Takes the public keys (U1) and sends each client the roster of its share holders."""
         self._expect(SHARE_KEYS)
         for u, msg in self._accept(responses, ADVERTISE_KEYS, self.alive).items():
-            c_pk, s_pk = msg.get("c_pk"), msg.get("s_pk")
-            if isinstance(c_pk, bytes) and isinstance(s_pk, bytes) and len(c_pk) == len(s_pk) == crypto.KEY_BYTES:
-                self.keys[u] = (c_pk, s_pk)
-            else:
-                self.discarded[u] = f"{ADVERTISE_KEYS}: malformed public keys"
+            try:
+                self.keys[u] = self._advertised(u, msg)
+            except SecAggError as exc:
+                self.discarded[u] = f"{ADVERTISE_KEYS}: {exc}"
+        # A key (or identity) that two clients claim would make every honest client refuse the
+        # roster; drop all claimants so that one copied key cannot stop the round.
+        owners: dict[bytes, list[int]] = defaultdict(list)
+        for u, keys in self.keys.items():
+            for value in set(keys.values()) - {keys.get("cert")}:
+                owners[value].append(u)
+        for claimants in owners.values():
+            if len(claimants) > 1:
+                for u in claimants:
+                    self.keys.pop(u, None)
+                    self.discarded[u] = f"{ADVERTISE_KEYS}: advertises a key that another client also advertises"
         self.alive = set(self.keys)
         self._check_holders(self.alive, self.alive, "after advertise_keys")
         self.stage = MASKED_INPUT
+        names = list(ROSTER_KEYS) + (list(ROSTER_CERTS) if self.active else [])
         requests = {}
         # In the complete graph every client gets the same roster: pack it once.
         packed: dict[tuple[int, ...], dict[str, Any]] = {}
         for u in sorted(self.alive):
             members = tuple(sorted(self._holders(u) & self.alive))
             if members not in packed:
-                packed[members] = pack_roster({v: (self.x[v], *self.keys[v]) for v in members})
+                packed[members] = pack_roster({v: self.x[v] for v in members},
+                                              {name: {v: self.keys[v][name] for v in members} for name in names})
+            self.rosters[u] = members
             requests[u] = self._request(SHARE_KEYS, u, roster=packed[members])
         return requests
 
     def masked_input_requests(self, responses: dict[int, bytes]) -> dict[int, bytes]:
-        """Takes the encrypted shares (U2) and forwards to each client those addressed to it."""
+        """Takes the encrypted shares and commitments (U2) and forwards to each client those addressed to it."""
         self._expect(MASKED_INPUT)
         senders, recipients, rows = [], [], []
         for u, msg in self._accept(responses, SHARE_KEYS, self.alive).items():
             try:
                 ids, block = _ciphertext_block(msg.get("ciphertexts"))
+                commit = msg.get("commit")
+                if not isinstance(commit, bytes) or len(commit) != 32:
+                    raise SecAggError("the self-mask commitment must be 32 bytes")
             except SecAggError as exc:
                 self.discarded[u] = f"{SHARE_KEYS}: {exc}"
                 continue
-            if sorted(ids.tolist()) != sorted((self._holders(u) & self.alive) - {u}):
+            if sorted(ids.tolist()) != sorted(set(self.rosters[u]) - {u}):
                 self.discarded[u] = f"{SHARE_KEYS}: ciphertexts not addressed to exactly its share holders"
                 continue
             self.u2.add(u)
+            self.commits[u] = commit
             senders.append(np.full(len(ids), u, dtype=np.int64))
             recipients.append(ids)
             rows.append(block)
         self.alive = set(self.u2)
         self._check_holders(self.u2, self.alive, "after share_keys")
-        self.stage = UNMASKING
+        self.stage = CONSISTENCY_CHECK if self.active else UNMASKING
         # Routing n^2 ciphertexts one by one in Python dominates at n = 500; all have the same
         # length, so sort the (recipient, sender) edges once and cut contiguous blocks.
         src = np.concatenate(senders) if senders else np.zeros(0, dtype=np.int64)
@@ -177,49 +266,99 @@ class SecAggServer:
             requests[u] = self._request(MASKED_INPUT, u, ciphertexts=packed)
         return requests
 
-    def unmasking_requests(self, responses: dict[int, bytes]) -> dict[int, bytes]:
-        """Takes the masked vectors (U3), settles who survived, and asks for the needed shares."""
-        self._expect(UNMASKING)
+    def _settle(self, responses: dict[int, bytes]) -> None:
+        """Takes the masked vectors (U3) and settles who survived."""
         dtype = word_dtype(self.bits)
         rejected_by: dict[int, set[int]] = {}
         for u, msg in self._accept(responses, MASKED_INPUT, self.alive).items():
             y, rej = msg.get("masked"), msg.get("rejected")
-            if not isinstance(y, np.ndarray) or y.dtype != dtype or y.shape != (self.dim,) or not isinstance(rej, list):
+            if not isinstance(y, np.ndarray) or y.dtype != dtype or y.shape != (self.dim,):
                 self.discarded[u] = f"{MASKED_INPUT}: masked vector of the wrong dtype or length"
+                continue
+            if not isinstance(rej, list) or any(type(v) is not int for v in rej) \
+                    or not set(rej) <= set(self.forwarded[u]):
+                self.discarded[u] = f"{MASKED_INPUT}: rejected must list ids of senders forwarded to it"
                 continue
             self.masked[u] = y
             rejected_by[u] = set(rej)
-        # A client whose ciphertext someone refused is treated as dropped: its masked vector is
-        # discarded, its masking key is recovered, and every mask it shares is removed.
+        # Every client masked with every partner whose ciphertext it was forwarded, so the masks
+        # balance whatever the rejections say. A rejection only means the rejecting client holds
+        # no share of that sender; the accused sender is treated as dropped (its masked vector is
+        # discarded and its masks removed through its s_sk), so a client sending bad shares
+        # cannot stay in the sum, and a false accusation costs at most the accused's input.
         refused = set().union(*rejected_by.values()) if rejected_by else set()
         survivors = set(self.masked) - refused
-        dropped = self.u2 - survivors
         for v in refused:
             self.masked.pop(v, None)
+        for u in self.u2:
+            self.held[u] = (set(self.forwarded[u]) - rejected_by.get(u, set())) | {u}
         for u in survivors:
-            self.partners[u] = set(self.forwarded[u]) - rejected_by[u]
-            self.held[u] = self.partners[u] | {u}
-        self.survivors, self.dropped = sorted(survivors), sorted(dropped)
-        self._check_holders(set(self.u2), survivors, "after masked_input")
-        for v in self.u2:
-            # Only v's graph neighbours (and v) can hold its shares: O(k) per client, not O(n).
-            have = sum(1 for u in self._holders(v) if u in survivors and v in self.held[u])
-            if have < self.threshold:
-                raise SecAggError(f"only {have} survivors hold shares of client {v}, fewer than the threshold "
-                                  f"{self.threshold}; aborting before any share is revealed")
+            self.partners[u] = set(self.forwarded[u])
+        self.survivors, self.dropped = sorted(survivors), sorted(self.u2 - survivors)
+        self._check_holders(set(self.u2), survivors, f"after {MASKED_INPUT}")
+        self._check_shareholders(survivors, f"after {MASKED_INPUT}")
         self.alive = survivors
+
+    def consistency_check_requests(self, responses: dict[int, bytes]) -> dict[int, bytes]:
+        """Active mode: takes the masked vectors (U3) and asks every survivor to sign U3."""
+        if not self.active:
+            raise SecAggError("consistency_check is a round of active mode; this server has active=False")
+        self._expect(CONSISTENCY_CHECK)
+        self._settle(responses)
+        self.stage = UNMASKING
+        u3 = np.array(self.survivors, dtype=np.int64)
+        return {u: self._request(CONSISTENCY_CHECK, u, survivors=u3) for u in self.survivors}
+
+    def unmasking_requests(self, responses: dict[int, bytes]) -> dict[int, bytes]:
+        """Asks every survivor for the shares the sum needs.
+
+        Semi-honest mode: ``responses`` are the masked-input replies (U3 is settled here).
+        Active mode: the consistency-check replies; only survivors whose signature over U3
+        verifies are asked, and each gets the signatures of its holders.
+        """
+        self._expect(UNMASKING)
+        dropped = set(self.dropped)
+        if not self.active:
+            self._settle(responses)
+            dropped = set(self.dropped)
+            self.stage = DONE
+            survivors = set(self.survivors)
+            return {u: self._request(UNMASKING, u, survivors=np.array(sorted(survivors & set(self.rosters[u])), dtype=np.int64),
+                                     dropped=np.array(sorted(dropped & set(self.forwarded[u])), dtype=np.int64))
+                    for u in self.survivors}
+        digest = survivors_digest(self.session, self.survivors)
+        signatures = {}
+        for u, msg in self._accept(responses, CONSISTENCY_CHECK, set(self.survivors)).items():
+            if crypto.verify(self.keys[u]["sig_pk"], msg.get("signature"), digest):
+                signatures[u] = msg["signature"]
+            else:
+                self.discarded[u] = f"{CONSISTENCY_CHECK}: its signature over the survivor set does not verify"
+        self.signers = set(signatures)
+        self._check_shareholders(self.signers, f"after {CONSISTENCY_CHECK}")
         self.stage = DONE
-        return {u: self._request(UNMASKING, u, survivors=np.array(sorted((self.held[u] & survivors) | {u}), dtype=np.int64),
-                                 dropped=np.array(sorted(self.held[u] & dropped), dtype=np.int64))
-                for u in self.survivors}
+        u3 = np.array(self.survivors, dtype=np.int64)
+        requests = {}
+        for u in sorted(self.signers):
+            mine = {v: signatures[v] for v in self.rosters[u] if v in signatures}
+            if len(mine) < self.threshold:
+                continue  # it would refuse anyway; its shares are not needed
+            requests[u] = self._request(UNMASKING, u, survivors=u3, signatures=pack_blobs(mine),
+                                        dropped=np.array(sorted(dropped & set(self.forwarded[u])), dtype=np.int64))
+        return requests
 
     def aggregate(self, responses: dict[int, bytes]) -> np.ndarray:
-        """Reconstructs the secrets from the shares and returns the survivors' sum modulo 2**bits."""
+        """Reconstructs the secrets from the shares and returns the survivors' sum modulo 2**bits.
+
+        Raises:
+            SecAggError: Fewer than t shares of a needed secret, or shares from which no t
+                reconstruct the committed secret (never a wrong sum).
+        """
         self._expect(DONE)
-        b_shares: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
-        s_shares: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        b_shares: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
+        s_shares: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
         survivors, dropped = set(self.survivors), set(self.dropped)
-        for h, msg in self._accept(responses, UNMASKING, survivors).items():
+        asked = self.signers if self.active else survivors
+        for h, msg in self._accept(responses, UNMASKING, set(asked)).items():
             try:
                 bs = _share_rows(msg, "b_ids", "b_shares", survivors & self.held[h])
                 ss = _share_rows(msg, "s_ids", "s_shares", dropped & self.held[h])
@@ -227,19 +366,23 @@ class SecAggServer:
                 self.discarded[h] = f"{UNMASKING}: {exc}"
                 continue
             for v, row in bs.items():
-                b_shares[v].append((self.x[h], row))
+                b_shares[v].append((self.x[h], h, row))
             for v, row in ss.items():
-                s_shares[v].append((self.x[h], row))
+                s_shares[v].append((self.x[h], h, row))
         for kind, needed, got in (("self-mask", survivors, b_shares), ("key", dropped, s_shares)):
             for v in sorted(needed):
                 if len(got[v]) < self.threshold:
                     raise SecAggError(f"only {len(got[v])} {kind} shares of client {v} arrived, fewer than the "
                                       f"threshold {self.threshold}; the sum cannot be unmasked")
-        b_seeds = self._reconstruct(b_shares, self.survivors)
-        s_keys = self._reconstruct(s_shares, self.dropped)
-        for v, sk in s_keys.items():
-            if crypto.public_key(sk) != self.keys[v][1]:
-                raise SecAggError(f"the reconstructed masking key of client {v} does not match its public key")
+
+        def b_ok(v: int, secret: bytes) -> bool:
+            return crypto.commitment(self.session, v, secret) == self.commits[v]
+
+        def s_ok(v: int, secret: bytes) -> bool:
+            return crypto.public_key(secret) == self.keys[v]["s_pk"]
+
+        b_seeds = self._reconstruct(b_shares, self.survivors, b_ok, "self-mask seed")
+        s_keys = self._reconstruct(s_shares, self.dropped, s_ok, "masking key")
         total = np.zeros(self.dim, dtype=word_dtype(self.bits))
         for u in self.survivors:
             np.add(total, self.masked[u], out=total)
@@ -250,22 +393,53 @@ class SecAggServer:
             agreement = crypto.KeyAgreement(s_keys[v], self.session)
             for u in sorted(set(self.graph[v]) & survivors):
                 if v in self.partners[u]:
-                    prg.add(total, agreement.mask_seed(v, u, self.keys[u][1]), -pair_sign(u, v))
+                    prg.add(total, agreement.mask_seed(v, u, self.keys[u]["s_pk"]), -pair_sign(u, v))
         return reduce_mod(total, self.bits)
 
-    def _reconstruct(self, shares: dict[int, list[tuple[int, np.ndarray]]], owners: list[int]) -> dict[int, bytes]:
-        # Secrets whose first t holders coincide share one set of Lagrange coefficients.
+    def _reconstruct(self, shares: dict[int, list[tuple[int, int, np.ndarray]]], owners: list[int],
+                     accept: Any, kind: str) -> dict[int, bytes]:
+        """Every owner's secret, checked against its commitment and against the extra shares."""
+        # Secrets held at the same points share one set of Lagrange coefficients and one check.
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for v in owners:
-            shares[v].sort(key=lambda pair: pair[0])
-            groups[tuple(x for x, _ in shares[v][: self.threshold])].append(v)
-        secrets = {}
+            shares[v].sort(key=lambda item: item[0])
+            groups[tuple(x for x, _, _ in shares[v])].append(v)
+        secrets: dict[int, bytes] = {}
+        t = self.threshold
         for xs, members in groups.items():
-            ys = np.stack([np.stack([row for _, row in shares[v][: self.threshold]]) for v in members], axis=1)
-            values = shamir.reconstruct(list(xs), ys, self.threshold)
-            for v, chunks in zip(members, values, strict=True):
-                secrets[v] = shamir.field_to_secret(chunks, crypto.KEY_BYTES)
+            ys = np.stack([np.stack([row for _, _, row in shares[v]]) for v in members], axis=1)
+            values = shamir.reconstruct(list(xs[:t]), ys[:t], t)
+            clean = shamir.consistent(list(xs), ys, t, self._rng)
+            for i, v in enumerate(members):
+                secret = _to_secret(values[i])
+                if clean and secret is not None and accept(v, secret):
+                    secrets[v] = secret
+                    continue
+                # Slow path: some share is wrong. Find t shares that give the committed secret,
+                # name every holder whose share is off that polynomial, and go on without it.
+                holders = [h for _, h, _ in shares[v]]
+
+                def fits(chunks: np.ndarray, v: int = v) -> bool:
+                    secret = _to_secret(chunks)
+                    return secret is not None and accept(v, secret)
+
+                try:
+                    chunks, bad = shamir.recover(list(xs), ys[:, i], t, fits, self._rng)
+                except SecAggError as exc:
+                    raise SecAggError(f"the shares of client {v}'s {kind} are corrupted: {exc}; "
+                                      "refusing to return a sum") from exc
+                for j in bad:
+                    self.discarded[holders[j]] = (f"{UNMASKING}: its share of client {v}'s {kind} is not on the "
+                                                  "polynomial of the others (excluded)")
+                secrets[v] = _to_secret(chunks)  # type: ignore[assignment]
         return secrets
+
+
+def _to_secret(chunks: np.ndarray) -> bytes | None:
+    try:
+        return shamir.field_to_secret(chunks, crypto.KEY_BYTES)
+    except SecAggError:
+        return None
 
 
 def _ciphertext_block(packed: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -281,13 +455,14 @@ def _ciphertext_block(packed: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _share_rows(msg: dict[str, Any], ids_key: str, rows_key: str, allowed: set[int]) -> dict[int, np.ndarray]:
     ids, rows = msg.get(ids_key), msg.get(rows_key)
-    if not isinstance(ids, np.ndarray) or not isinstance(rows, np.ndarray) or rows.shape != (len(ids) * SECRET_CHUNKS,):
+    if not isinstance(ids, np.ndarray) or ids.dtype != np.int64 or not isinstance(rows, np.ndarray) \
+            or rows.dtype != np.int64 or rows.shape != (len(ids) * SECRET_CHUNKS,):
         raise SecAggError(f"malformed {rows_key}")
     if not set(ids.tolist()) <= allowed or len(set(ids.tolist())) != len(ids):
         raise SecAggError(f"{rows_key} for clients it was not asked about")
     if np.any((rows < 0) | (rows >= shamir.PRIME)):
         raise SecAggError(f"{rows_key} outside the field")
-    return dict(zip(ids.tolist(), rows.astype(np.int64).reshape(len(ids), SECRET_CHUNKS), strict=True))
+    return dict(zip(ids.tolist(), rows.reshape(len(ids), SECRET_CHUNKS), strict=True))
 
 
 __all__ = ["SECRET_CHUNKS", "SecAggServer"]

@@ -5,10 +5,15 @@ with its own random polynomial of degree t - 1, so the scheme stays perfectly hi
 chunk. The field is small enough that a product of two elements fits in 62 bits, which lets
 numpy evaluate all polynomials at all points at once (Horner over t steps) and reconstruct
 many secrets with one set of Lagrange coefficients, all in exact int64 arithmetic.
+
+Shares beyond t are not wasted: :func:`consistent` checks that all of them lie on one
+polynomial of degree below t (a Reed-Solomon parity check), and :func:`recover` finds t honest
+shares among corrupted ones when the caller can recognise the right secret (a commitment).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -116,3 +121,101 @@ def share_bytes(secret: bytes, xs: np.ndarray, threshold: int, rng: RandomSource
 def reconstruct_bytes(xs: np.ndarray | list[int], ys: np.ndarray, threshold: int, length: int) -> bytes:
     """Recovers a byte string of ``length`` bytes shared with :func:`share_bytes`."""
     return field_to_secret(reconstruct(xs, ys, threshold), length)
+
+
+@lru_cache(maxsize=64)
+def _dual_weights(xs: tuple[int, ...]) -> np.ndarray:
+    # w_h = 1 / prod_{k != h} (x_h - x_k): the weights of the dual (parity-check) code.
+    x = np.array(xs, dtype=np.int64)
+    den = np.ones(len(x), dtype=np.int64)
+    for k in range(len(x)):
+        diff = (x - x[k]) % PRIME
+        diff[k] = 1
+        den = den * diff % PRIME
+    if np.any(den == 0):
+        raise SecAggError("Shamir points must be distinct")
+    return np.array([pow(int(d), PRIME - 2, PRIME) for d in den], dtype=np.int64)
+
+
+def consistent(xs: np.ndarray | list[int], ys: np.ndarray, threshold: int, rng: RandomSource | None = None) -> bool:
+    """True when all shares lie on one polynomial of degree below ``threshold`` (per secret chunk).
+
+    Uses the parity check of the Reed-Solomon code: values at distinct points ``x_h`` come from a
+    polynomial of degree < t exactly when ``sum_h w_h x_h**j y_h = 0`` for j = 0 .. m - t - 1,
+    with ``w_h = 1 / prod_{k != h}(x_h - x_k)``. All chunks and secrets are first folded into one
+    value per holder with random coefficients (a wrong share survives the fold with probability
+    1/p), so the check costs O(m (m - t)) whatever the number of secrets.
+
+    Args:
+        xs: The m distinct points.
+        ys: Shares, shape ``(m, ...)``.
+        threshold: t.
+        rng: Draws the folding coefficients (``None``: the OS).
+    """
+    key = tuple(int(v) for v in xs)
+    m = len(key)
+    if m <= threshold:
+        return True
+    if len(set(key)) != m or any(v <= 0 or v >= PRIME for v in key):
+        raise SecAggError("Shamir points must be distinct and in [1, p)")
+    ys = np.asarray(ys, dtype=np.int64).reshape(m, -1)
+    if ys.shape[1] == 1:
+        folded = ys[:, 0] % PRIME
+    else:
+        coeffs = (rng or RandomSource(None)).uniform_mod(PRIME, (ys.shape[1],))
+        # Each product is below 2**62 and reduced before the sum, so int64 never overflows.
+        folded = (ys * coeffs % PRIME).sum(axis=1) % PRIME
+    x = np.array(key, dtype=np.int64)
+    v = _dual_weights(key) * folded % PRIME
+    for _ in range(m - threshold):
+        if int(v.sum()) % PRIME:
+            return False
+        v = v * x % PRIME
+    return True
+
+
+def recover(xs: list[int], ys: np.ndarray, threshold: int, accept: Callable[[np.ndarray], bool],
+            rng: RandomSource, tries: int = 256) -> tuple[np.ndarray, list[int]]:
+    """Finds the secret despite corrupted shares, and which shares are corrupted.
+
+    Tries t-subsets (first every subset of the first t + 1 shares that leaves one out, then
+    random ones) until one reconstructs a secret that ``accept`` recognises (a commitment or a
+    public key check); t shares that reconstruct the committed secret define the true polynomial,
+    and every share off it is corrupted.
+
+    Args:
+        xs: The holders' points (distinct).
+        ys: Their shares, shape ``(m, chunks)``.
+        threshold: t.
+        accept: Recognises the right secret from its field chunks.
+        rng: Draws the random subsets.
+        tries: Random subsets to try after the leave-one-out ones.
+
+    Returns:
+        The secret's chunks and the indices (into ``xs``) of the corrupted shares.
+
+    Raises:
+        SecAggError: No subset tried reconstructs an accepted secret.
+    """
+    m = len(xs)
+    ys = np.asarray(ys, dtype=np.int64)
+    if m < threshold:
+        raise SecAggError(f"Shamir needs {threshold} shares, only {m} available")
+    candidates: list[list[int]] = [list(range(threshold))]
+    if m > threshold:
+        candidates += [[i for i in range(threshold + 1) if i != skip] for skip in range(threshold + 1)]
+        picker = np.random.default_rng(int.from_bytes(rng.bytes(8), "little"))
+        candidates += [sorted(picker.choice(m, size=threshold, replace=False).tolist()) for _ in range(tries)]
+    for subset in candidates:
+        secret = reconstruct([xs[i] for i in subset], ys[subset], threshold)
+        if not accept(secret):
+            continue
+        bad = []
+        for h in range(m):
+            if h in subset:
+                continue
+            idx = [*subset, h]
+            if not consistent([xs[i] for i in idx], ys[idx], threshold):
+                bad.append(h)
+        return secret, bad
+    raise SecAggError("the shares are inconsistent and no t of them reconstruct the committed secret")

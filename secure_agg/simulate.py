@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from secure_agg import crypto
 from secure_agg.client import SecAggClient
 from secure_agg.errors import SecAggError
 from secure_agg.quantize import Quantization
-from secure_agg.rounds import ADVERTISE_KEYS, MASKED_INPUT, ROUNDS, SHARE_KEYS, UNMASKING
+from secure_agg.randomness import RandomSource
+from secure_agg.rounds import ADVERTISE_KEYS, CONSISTENCY_CHECK, MASKED_INPUT, ROUNDS, SHARE_KEYS, UNMASKING
 from secure_agg.server import SecAggServer
 
 Tamper = Callable[[str, object, object, bytes], bytes]
@@ -71,21 +73,30 @@ def _check_dropouts(dropouts: Mapping[str, Iterable[int]] | None, n: int) -> dic
 
 def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, Iterable[int]] | None = None,
              neighbours: int | None = None, seed: int | None = None, quantization: Quantization | None = None,
-             bits: int = 32, tamper: Tamper | None = None) -> SimulationResult:
-    """Securely sums ``vectors`` (client i holds ``vectors[i]``) with the four-round protocol.
+             bits: int = 32, tamper: Tamper | None = None, active: bool = False,
+             min_threshold: float | None = None, identity_keys: list[bytes] | None = None) -> SimulationResult:
+    """Securely sums ``vectors`` (client i holds ``vectors[i]``) with the four-round protocol (five with ``active``).
 
     Args:
         vectors: Equal-length 1-D arrays; integers in [0, (2**bits - 1) // n] so the sum cannot
             wrap, or floats together with ``quantization``.
         threshold: t of the t-of-n Shamir sharing (t <= k + 1 with ``neighbours=k``).
         dropouts: Maps a round name (``advertise_keys``, ``share_keys``, ``masked_input``,
-            ``unmasking``) to the ids that drop out before that round.
+            ``consistency_check``, ``unmasking``) to the ids that drop out before that round
+            (without ``active`` there is no consistency check: those ids drop before unmasking).
         neighbours: ``None`` pairs every client with all others; an int k uses SecAgg+ with a
             random k-regular graph.
         seed: Makes keys, masks, the session id and the graph reproducible (``None``: OS randomness).
+            Each client gets its own seed derived on the client side (a test hook); the server's
+            seed is separate and never reaches a client.
         quantization: Required for float vectors (clip range, bits); its ``bits`` replace ``bits``.
         bits: The modulus 2**bits for integer inputs.
         tamper: Optional ``f(round, sender, recipient, data) -> data`` applied to every message.
+        active: Bonawitz et al. section 4: certified keys and the consistency-check round.
+        min_threshold: Every client's own minimum threshold fraction (``None``: the client
+            default, 0.5, or 2/3 with ``active``).
+        identity_keys: With ``active``, each client's raw Ed25519 identity private key
+            (``None``: drawn from ``seed`` or the OS); the clients trust all of their public keys.
 
     Returns:
         A :class:`SimulationResult`.
@@ -125,10 +136,23 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
 
     server_clock = 0.0
     t0 = time.perf_counter()
+    trusted = None
+    if active:
+        if identity_keys is None:
+            identity_keys = [RandomSource(None if seed is None else f"{seed}-identity-{i}").bytes(crypto.KEY_BYTES)
+                             for i in range(n)]
+        if len(identity_keys) != n:
+            raise SecAggError(f"identity_keys must hold one key per client ({n}), got {len(identity_keys)}")
+        trusted = [crypto.signing_public_key(k) for k in identity_keys]
+    elif identity_keys is not None:
+        raise SecAggError("identity_keys are for active=True only")
     server = SecAggServer(list(range(n)), threshold, dim, bits=bits, neighbours=neighbours,
-                          seed=None if seed is None else f"{seed}-server")
+                          seed=None if seed is None else f"{seed}-server", active=active)
     server_clock += time.perf_counter() - t0
-    clients = {i: SecAggClient(i, seed=None if seed is None else f"{seed}-client-{i}") for i in range(n)}
+    clients = {i: SecAggClient(i, seed=None if seed is None else f"{seed}-client-{i}", min_threshold=min_threshold,
+                               active=active, identity_key=identity_keys[i] if active else None,
+                               trusted_keys=trusted)
+               for i in range(n)}
     sent = dict.fromkeys(range(n), 0)
     received = dict.fromkeys(range(n), 0)
     clock = dict.fromkeys(range(n), 0.0)
@@ -136,6 +160,8 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
 
     def deliver(round_name: str, requests: dict[int, bytes]) -> dict[int, bytes]:
         gone.update(drops[round_name])
+        if round_name == UNMASKING and not active:
+            gone.update(drops[CONSISTENCY_CHECK])
         replies = {}
         for u, data in requests.items():
             if u in gone:
@@ -152,6 +178,8 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
                     reply = client.share_keys(data)
                 elif round_name == MASKED_INPUT:
                     reply = client.masked_input(data, words[u])
+                elif round_name == CONSISTENCY_CHECK:
+                    reply = client.consistency_check(data)
                 else:
                     reply = client.unmasking(data)
             except SecAggError:
@@ -175,6 +203,8 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
     replies = deliver(ADVERTISE_KEYS, serve(server.advertise_keys_requests))
     replies = deliver(SHARE_KEYS, serve(server.share_keys_requests, replies))
     replies = deliver(MASKED_INPUT, serve(server.masked_input_requests, replies))
+    if active:
+        replies = deliver(CONSISTENCY_CHECK, serve(server.consistency_check_requests, replies))
     replies = deliver(UNMASKING, serve(server.unmasking_requests, replies))
     total = serve(server.aggregate, replies)
 

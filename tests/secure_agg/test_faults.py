@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from secure_agg import MASKED_INPUT, SecAggClient, SecAggError, SecAggServer, simulate
-from secure_agg.wire import decode, encode, seal
+from secure_agg.client import CIPHERTEXT_BYTES
+from secure_agg.wire import decode, encode, seal, seal_signed
 
 
 def _session(n: int = 4, t: int = 3, dim: int = 5):
@@ -24,7 +25,32 @@ def _run_to_unmasking(server, clients, vectors):
     return adv, share, masked, unmask
 
 
+def resign(client: SecAggClient, reply: bytes, **changes) -> bytes:
+    """What a malicious client sends: its own reply with fields changed, validly signed."""
+    msg = decode(reply[:-64])
+    env = [msg.pop(k) for k in ("session", "round", "sender", "recipient")]
+    msg.update(changes)
+    return seal_signed(client.sig_sk, *env, **msg)
+
+
 def test_tampered_ciphertext_drops_its_sender() -> None:
+    # Client 0 sends client 2 a share that fails authentication (and signs the reply itself).
+    server, clients, vectors = _session(n=5, t=3, dim=6)
+    adv = server.advertise_keys_requests()
+    share = server.share_keys_requests({u: clients[u].advertise_keys(m) for u, m in adv.items()})
+    replies = {u: clients[u].share_keys(m) for u, m in share.items()}
+    cts = decode(replies[0][:-64])["ciphertexts"]
+    raw = bytearray(cts["data"])
+    raw[list(cts["ids"]).index(2) * CIPHERTEXT_BYTES + 20] ^= 1
+    replies[0] = resign(clients[0], replies[0], ciphertexts={**cts, "data": bytes(raw)})
+    masked = server.masked_input_requests(replies)
+    unmask = server.unmasking_requests({u: clients[u].masked_input(m, vectors[u]) for u, m in masked.items()})
+    assert server.dropped == [0] and server.survivors == [1, 2, 3, 4]
+    total = server.aggregate({u: clients[u].unmasking(m) for u, m in unmask.items()})
+    assert np.array_equal(total, np.sum([vectors[u] for u in range(1, 5)], axis=0))
+
+
+def test_request_altered_in_transit_drops_its_recipient() -> None:
     def flip(round_name, sender, recipient, data):
         if round_name == MASKED_INPUT and recipient == 2:
             msg = decode(data)
@@ -34,11 +60,12 @@ def test_tampered_ciphertext_drops_its_sender() -> None:
             return encode(msg)
         return data
 
+    # Client 2 answers, but its reply acknowledges a request the server never sent.
     vectors = [np.arange(6) + 10 * u for u in range(5)]
     result = simulate(vectors, 3, seed=5, tamper=flip)
-    assert result.dropped == [0]
-    assert result.survivors == [1, 2, 3, 4]
-    assert np.array_equal(result.aggregate, np.sum(vectors[1:], axis=0))
+    assert result.dropped == [2]
+    assert "another request" in result.discarded[2]
+    assert np.array_equal(result.aggregate, np.sum([vectors[u] for u in (0, 1, 3, 4)], axis=0))
 
 
 def test_replayed_and_misaddressed_messages_are_refused() -> None:
