@@ -79,6 +79,9 @@ def run_secure_rounds(grid: Grid, initial: dict[str, np.ndarray], num_rounds: in
             if out is None:
                 raise RuntimeError(f"round {server_round}: no client returned an update within {timeout:g} s")
             plain_weights = _to_numpy(out)
+            # The reference must average the same clients: a lost plain reply (not a secure
+            # one) would otherwise show up as a mismatch of the secure aggregate.
+            record["plain_replies"] = sum(1 for m in replies if not m.has_error())
             record["train_loss"] = float(metrics["train_loss"]) if metrics and "train_loss" in metrics else None
             if mode == "side_by_side":
                 plain_track = plain_weights

@@ -79,6 +79,9 @@ def test_pipelined_rounds_match_flower_fedavg_through_a_failure() -> None:
     result = simulate_secure(overrides, 3, mode="both", local_train=flaky)
     history = result["history"]
     assert [r["survivors"] for r in history] == [3, 2, 3]
+    # The plain reference must have averaged the same clients, or a difference would blame
+    # the secure aggregate for a reply the plain round lost (issue 12, point 7).
+    assert [r["plain_replies"] for r in history] == [3, 2, 3]
     # Round 1 opens its session; round 2 uses the one opened during round 1; partition 2 failed
     # in round 2, so it holds no keys for round 3, which therefore opens a fresh session with it.
     assert [r["pipelined"] for r in history] == [False, True, False]
