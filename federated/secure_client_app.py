@@ -55,7 +55,8 @@ def train_task_model(arrays: ArrayRecord | Mapping[str, np.ndarray], context: Co
 
 
 def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train: LocalTrain | None = None, *,
-                           seed: int | None = None, identity: Any = None) -> ClientApp:
+                           seed: int | None = None, identity: Any = None,
+                           allow_semi_honest: bool | None = None) -> ClientApp:
     """The project's ClientApp: one plain train handler, secured by :data:`federated.secure_agg_mod`.
 
     It is built exactly as a user's app would be: the handler trains and returns arrays and
@@ -69,9 +70,12 @@ def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train:
             from the OS, or from the node config key ``secagg-seed``).
         identity: ``f(context) -> (identity_key, trusted_keys)`` for active sessions (see
             :func:`federated.secure_mod.make_secure_agg_mod`); by default the node config's key files.
+        allow_semi_honest: Whether nodes with an identity also join semi-honest sessions.
     """
-    custom = seed is not None or identity is not None
-    app = ClientApp(mods=[make_secure_agg_mod(seed=seed, identity=identity) if custom else secure_agg_mod])
+    custom = seed is not None or identity is not None or allow_semi_honest is not None
+    mod = make_secure_agg_mod(seed=seed, identity=identity, allow_semi_honest=allow_semi_honest) if custom \
+        else secure_agg_mod
+    app = ClientApp(mods=[mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -166,7 +166,8 @@ def _field(record: ConfigRecord, key: str, kind: type) -> Any:
 _CLIENT_KWARGS = set(inspect.signature(SecAggClient.__init__).parameters)
 
 
-def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | None = None) -> Callable[..., Message]:
+def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | None = None,
+                        allow_semi_honest: bool | None = None) -> Callable[..., Message]:
     """A client mod running secure aggregation (see the module docstring).
 
     Args:
@@ -175,6 +176,9 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
         identity: ``f(context) -> (identity_key, trusted_keys)`` for ``active`` sessions (a
             test hook); ``None`` reads the key files named by the node config keys
             ``secagg-identity-key`` and ``secagg-trusted-keys``.
+        allow_semi_honest: Whether a node that has an identity also joins semi-honest
+            sessions. Default: no, so a server cannot downgrade it; a node without an
+            identity joins semi-honest sessions only.
     """
 
     def node_seed(context: Context) -> str | None:
@@ -190,7 +194,8 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
     def new_client(context: Context, record: ConfigRecord) -> SecAggClient:
         pid = _field(record, "id", int)
         kwargs: dict[str, Any] = {"seed": node_seed(context)}
-        if not record.get("active") and (identity is not None or IDENTITY_KEY in context.node_config):
+        has_identity = identity is not None or IDENTITY_KEY in context.node_config
+        if not record.get("active") and has_identity and not allow_semi_honest:
             # A node set up for active mode never lets the server downgrade it.
             raise SecAggError("this node is configured for active secure aggregation and refuses a semi-honest session")
         if record.get("active"):
