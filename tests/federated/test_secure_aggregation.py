@@ -424,3 +424,44 @@ def test_client_secrets_come_from_the_node_not_the_server() -> None:
     assert keys(secure_agg_mod, {"secagg-seed": 9}, {}) != keys(secure_agg_mod, {"secagg-seed": 10}, {})
     assert keys(make_secure_agg_mod(seed=4), {}, {}) == keys(make_secure_agg_mod(seed=4), {}, {})
 
+
+
+def _identities(n: int) -> tuple[list[bytes], list[bytes]]:
+    from secure_agg import crypto
+
+    keys = [bytes([i + 1]) * 32 for i in range(n)]  # raw Ed25519 private keys, one per client
+    return keys, [crypto.signing_public_key(k) for k in keys]
+
+
+def test_active_mode_through_a_failure() -> None:
+    # Bonawitz et al. section 4 on Flower: signed keys, a consistency-check exchange between
+    # masking and unmasking; the same averages as semi-honest mode, pipelined from round 2.
+    keys, public = _identities(5)
+    mod = make_secure_agg_mod(identity=lambda context: (keys[int(context.node_config["partition-id"])], public))
+    grid = make_grid(5, fail={(2, 3)}, mods=[mod])
+    history = run_rounds(grid, lambda: FedAvg(fraction_evaluate=0.0), 4, SecAggParams(active=True),
+                         trusted_keys=public)
+    assert [h["survivors"] for h in history] == [[0, 1, 2, 3, 4], [0, 1, 2, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    assert [h["pipelined"] for h in history] == [False, True, False, True]
+
+
+def test_active_mode_reads_key_files_from_node_config_and_refuses_a_downgrade(tmp_path: Any) -> None:
+    keys, public = _identities(3)
+    (tmp_path / "trusted").mkdir()
+    for i, pub in enumerate(public):
+        (tmp_path / "trusted" / f"client{i}.pub").write_bytes(pub)
+    apps = {}
+    for i in range(3):
+        (tmp_path / f"id{i}.key").write_bytes(keys[i])
+        apps[1000 + i] = user_app()
+    grid = ThreadGrid(apps)
+    for i, node in enumerate(sorted(apps)):
+        grid.configs[node].update({"secagg-identity-key": str(tmp_path / f"id{i}.key"),
+                                   "secagg-trusted-keys": str(tmp_path / "trusted")})
+    history = run_rounds(grid, lambda: FedAvg(fraction_evaluate=0.0), 2, SecAggParams(active=True))
+    assert [h["survivors"] for h in history] == [[0, 1, 2], [0, 1, 2]]
+    # The same nodes refuse a server that asks for a semi-honest session.
+    secure = SecureAggregation(FedAvg(fraction_evaluate=0.0), SecAggParams(active=False), timeout=5.0)
+    with pytest.raises(SecAggError, match="fewer than the threshold"):
+        secure.configure_train(1, initial_arrays(), ConfigRecord(), grid)
+    assert "configured for active" in " ".join(secure.last_round.discarded.values())
