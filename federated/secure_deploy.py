@@ -6,8 +6,10 @@
 
 Reuses :class:`federated.deploy.LocalFederation` (processes on 127.0.0.1, free ports, every
 process group stopped in ``finally``) and submits a small Flower project, written to the work
-folder, whose components are the secure ServerApp and ClientApp of this package. Each round
-is read back from the ServerApp's checkpoint.
+folder, whose components are this package's ServerApp and ClientApp (the one round loop,
+``aggregation = "secure"``, and the ClientApp with ``secure_agg_mod``) and whose config holds
+every ``secagg-*`` key (``flwr run`` accepts only overrides of keys the project declares).
+Each round is read back from the ServerApp's checkpoint, and ``resume`` continues from it.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ packages = ["."]
 publisher = "agora"
 
 [tool.flwr.app.components]
-serverapp = "federated.secure_server_app:app"
-clientapp = "federated.secure_client_app:app"
+serverapp = "federated.server_app:app"
+clientapp = "federated.client_app:app"
 
 [tool.flwr.app.config]
 {config}
@@ -68,13 +70,14 @@ def deploy_secure(overrides: dict[str, Any], *, workdir: str | Path | None = Non
     """Runs the secure apps with ``overrides`` on ``num-partitions`` SuperNodes.
 
     Returns:
-        ``{"history": [one record per round]}`` as :func:`run_secure_rounds` records them.
+        ``{"weights", "history"}`` as :func:`federated.server_app.run_rounds` returns them
+        (round 0 first); with ``resume`` and a checkpoint, the run continues from it.
 
     Raises:
         DeploymentError: The run stopped before its last round; every process is stopped first.
     """
     rest, params = split_run_config(overrides)
-    settings = FedSettings.from_run_config(rest)
+    settings = FedSettings.from_run_config(rest).replace(aggregation="secure")
     tmp = tempfile.mkdtemp(prefix="agora-secagg-deploy-") if workdir is None else None
     work = Path(tmp or workdir).resolve()
     if not settings.checkpoint_dir:
@@ -90,7 +93,7 @@ def deploy_secure(overrides: dict[str, Any], *, workdir: str | Path | None = Non
                 raise DeploymentError(f"secure deployment run stopped after round {max(last, 0)} of "
                                       f"{settings.num_server_rounds} (exit code {proc.returncode}); log:\n"
                                       f"{fed.tail('flwr-run', 4000)}")
-            return {"history": state["history"]}
+            return {"weights": state["weights"], "history": state["history"]}
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"num-server-rounds": args.rounds, "num-partitions": args.supernodes, "fraction-evaluate": 0.0,
                  "hidden": 16, **SecAggParams().to_run_config()}
     result = deploy_secure(overrides, workdir=args.workdir, timeout=args.timeout)
-    for rec in result["history"]:
+    for rec in result["history"][1:]:
         print(json.dumps({k: v for k, v in rec.items() if k != "timing"}))
     return 0
 

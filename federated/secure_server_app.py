@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from federated.secure_fedavg import SecAggParams, SecureFedAvg, exchange, split_run_config
+from federated.server_app import make_server_app as _one_loop_app
 
 Mode = Literal["secure", "plain", "both", "side_by_side"]
 MODES = ("secure", "plain", "both", "side_by_side")
@@ -195,4 +196,6 @@ def simulate_secure(overrides: dict[str, Any], num_supernodes: int, mode: Mode =
                     num_cpus=num_cpus, verbose=verbose)
 
 
-app = make_secure_server_app()
+# What a Flower project names as its ServerApp: the one round loop of federated.server_app with
+# secure aggregation (it checkpoints every round and resumes like a plain run).
+app = _one_loop_app({"aggregation": "secure"})

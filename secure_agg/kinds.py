@@ -5,8 +5,9 @@ graph and for SecAgg+; the recovered sum is compared with the plain sum of the s
 the bytes each client moves are measured. Figures: one client's input, its masked vector and the
 unmasked sum next to the plain sum (the picture: the masks cancel), and bytes per client.
 
-``secagg_fedavg`` (Flower): FedAvg on digits, aggregated securely and plainly side by side in
-one simulation; the two accuracy curves must agree within the quantization error.
+``secagg_fedavg`` (Flower): FedAvg on digits (or a user's task module), one run aggregated
+securely and one plainly, through the same round loop (both checkpoint and resume); the two
+accuracy curves must agree within the quantization error.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 from secure_agg.errors import SecAggError
@@ -149,7 +150,12 @@ def run_protocol(cfg: ProtocolConfig, ctx: RunContext) -> dict[str, Any]:
 
 
 class SecureFedAvgConfig(ExperimentConfig):
-    """FedAvg on digits with secure and plain aggregation side by side (Flower simulation)."""
+    """FedAvg with secure and with plain aggregation, one run each (Flower simulation).
+
+    Both runs go through the same round loop (:func:`federated.server_app.run_rounds`), so each
+    checkpoints every round and `resume` continues an interrupted one. ``task`` names a user's
+    task module (see :mod:`federated.kinds`) instead of the built-in MLP on digits.
+    """
 
     num_clients: int = Field(5, ge=2, le=100, description="Clients (SuperNodes).")
     rounds: int = Field(10, ge=1, le=10_000, description="FedAvg rounds.")
@@ -163,9 +169,44 @@ class SecureFedAvgConfig(ExperimentConfig):
     neighbours: int = Field(0, ge=0, description="0: complete graph; k: SecAgg+ with k neighbours.")
     num_cpus: int = Field(2, ge=1, le=256, description="CPUs for Ray.")
     round_timeout: float = Field(600.0, gt=0, le=86_400, description="Seconds to wait for the clients in each message round.")
+    task: str = Field("", description="Import path of your task module (load_model, load_data, train, test, "
+                                      "load_centralized_dataset), e.g. 'mypkg.task'; '' = the built-in MLP on digits.")
+
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, task: str) -> str:
+        if task:
+            from federated.kinds import check_task_for_kinds
+
+            check_task_for_kinds(task)
+        return task
+
+    def settings(self, aggregation: str, checkpoint_dir: str) -> Any:
+        """The Flower run settings of the ``plain`` or the ``secure`` run."""
+        from federated.settings import FedSettings
+
+        return FedSettings(num_server_rounds=self.rounds, num_partitions=self.num_clients, dataset="digits",
+                           partitioner=self.partitioner, alpha=self.alpha, hidden=self.hidden, lr=self.lr,
+                           seed=self.seed, fraction_evaluate=0.0, round_timeout=self.round_timeout,
+                           min_replies=2, task=self.task, aggregation=aggregation,
+                           checkpoint_dir=checkpoint_dir, resume=True)
+
+    def secagg(self) -> dict[str, Any]:
+        """The ``secagg-*`` run-config keys of the secure run."""
+        return {"secagg-clip": self.clip, "secagg-bits": self.bits, "secagg-threshold": self.threshold,
+                "secagg-neighbours": self.neighbours, "secagg-seed": self.seed}
 
     @model_validator(mode="after")
     def _graph_fits(self) -> SecureFedAvgConfig:
+        if self.task:
+            builtin = sorted({"partitioner", "alpha", "hidden"} & self.model_fields_set)
+            if builtin:
+                raise ValueError(f"{', '.join(builtin)} apply to the built-in task only; leave them out when "
+                                 f"task={self.task!r} names your own module")
+        from federated.secure_aggregation import SecAggParams
+
+        self.settings("secure", "")  # every run setting checked before any process starts
+        SecAggParams.from_run_config(self.secagg())
         if self.neighbours and (self.neighbours >= self.num_clients or self.neighbours * self.num_clients % 2):
             raise ValueError(f"neighbours = {self.neighbours} must be 0, or below num_clients ({self.num_clients}) "
                              "with neighbours * num_clients even (a k-regular graph)")
@@ -180,34 +221,40 @@ def run_fedavg(cfg: SecureFedAvgConfig, ctx: RunContext) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from federated.secure_server_app import simulate_secure
+    from federated.kinds import task_importable
+    from federated.simulation import simulate
 
-    overrides = {"num-server-rounds": cfg.rounds, "num-partitions": cfg.num_clients, "dataset": "digits",
-                 "partitioner": cfg.partitioner, "alpha": cfg.alpha, "hidden": cfg.hidden, "lr": cfg.lr,
-                 "seed": cfg.seed, "fraction-evaluate": 0.0, "secagg-clip": cfg.clip, "secagg-bits": cfg.bits,
-                 "secagg-threshold": cfg.threshold, "secagg-neighbours": cfg.neighbours, "secagg-seed": cfg.seed,
-                 "round-timeout": cfg.round_timeout}
+    done: dict[str, Any] = dict(ctx.resume_state or {})
+    for aggregation in ("plain", "secure"):
+        if aggregation in done:
+            continue
 
-    def report(rec: dict[str, Any]) -> None:
-        ctx.log(round=rec["round"], secure_test_acc=rec["test_acc"], plain_test_acc=rec["plain_test_acc"],
-                secure_train_loss=rec["train_loss"], plain_train_loss=rec["plain_train_loss"],
-                acc_diff=abs(rec["test_acc"] - rec["plain_test_acc"]), survivors=rec["survivors"],
-                error_bound=rec["error_bound"])
-        ctx.log_timing(round=rec["round"], **rec["timing"])
+        def report(rec: dict[str, Any], aggregation: str = aggregation) -> None:
+            ctx.info(f"{aggregation} round {rec['round']}: test_acc {rec['test_acc']:.4f}")
 
-    try:
-        result = simulate_secure(overrides, cfg.num_clients, mode="side_by_side", num_cpus=cfg.num_cpus,
-                                 on_round=report)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
-    hist = result["history"]
+        settings = cfg.settings(aggregation, str(ctx.path / "checkpoints" / f"fedavg-{aggregation}"))
+        with task_importable(cfg.task):
+            result = simulate(settings, secagg=cfg.secagg() if aggregation == "secure" else None,
+                              num_cpus=cfg.num_cpus, on_round=report)
+        for rec in result["history"]:
+            if rec["timing"]:
+                ctx.log_timing(aggregation=aggregation, round=rec["round"], **rec["timing"])
+        done[aggregation] = [{k: v for k, v in rec.items() if k != "timing"} for rec in result["history"]]
+        ctx.save_checkpoint(done)
+    for p, s in zip(done["plain"], done["secure"], strict=True):
+        ctx.log(round=s["round"], secure_test_acc=s["test_acc"], plain_test_acc=p["test_acc"],
+                secure_train_loss=s["train_loss"], plain_train_loss=p["train_loss"],
+                acc_diff=abs(s["test_acc"] - p["test_acc"]), survivors=s.get("survivors"),
+                error_bound=s.get("error_bound"))
+    plain, hist = done["plain"], done["secure"]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     rounds = [r["round"] for r in hist]
-    ax.plot(rounds, [r["plain_test_acc"] for r in hist], lw=3, alpha=0.4, label="plain FedAvg (Flower)")
+    ax.plot(rounds, [r["test_acc"] for r in plain], lw=3, alpha=0.4, label="plain FedAvg (Flower)")
     ax.plot(rounds, [r["test_acc"] for r in hist], ls="--", marker="o", ms=3, label="secure aggregation")
-    ax.set(xlabel="round", ylabel="test accuracy", title=f"FedAvg on digits, {cfg.num_clients} clients")
+    ax.set(xlabel="round", ylabel="test accuracy",
+           title=f"FedAvg on {cfg.task or 'digits'}, {cfg.num_clients} clients")
     ax.legend()
     fig.tight_layout()
     ctx.save_figure(fig, "accuracy")
-    return {"secure_final_acc": hist[-1]["test_acc"], "plain_final_acc": hist[-1]["plain_test_acc"],
-            "max_acc_diff": max(abs(r["test_acc"] - r["plain_test_acc"]) for r in hist)}
+    return {"secure_final_acc": hist[-1]["test_acc"], "plain_final_acc": plain[-1]["test_acc"],
+            "max_acc_diff": max(abs(s["test_acc"] - p["test_acc"]) for p, s in zip(plain, hist, strict=True))}

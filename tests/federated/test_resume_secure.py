@@ -48,3 +48,48 @@ def test_secure_run_stopped_in_round_3_and_resumed_equals_the_uninterrupted_run(
     for key, value in whole["weights"].items():
         assert np.array_equal(resumed["weights"][key], value), key
     assert whole["history"][3]["test_acc"] == resumed["history"][3]["test_acc"]
+
+
+def test_a_secure_deployment_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    # Round 1 on the simulation engine; round 2 on the deployment engine (SuperLink and
+    # SuperNodes as processes), resuming from round 1's checkpoint: the checkpoint is the
+    # loop's, not an engine's.
+    import psutil
+    from flwr.app import Array, ArrayRecord
+
+    from federated.client_app import local_update
+    from federated.secure_deploy import deploy_secure
+    from federated.task import get_weights, load_model, set_weights, weights_to_numpy
+
+    overrides = {"num-partitions": 2, "fraction-evaluate": 0.0, "hidden": 8, "local-epochs": 1,
+                 "checkpoint-dir": str(tmp_path / "checkpoint"), "resume": True, "round-timeout": 300.0}
+    first = simulate(FedSettings.from_run_config({**overrides, "num-server-rounds": 1, "aggregation": "secure"}))
+    try:
+        resumed = deploy_secure({**overrides, "num-server-rounds": 2}, workdir=tmp_path / "run", timeout=400)
+    finally:
+        leftover = [p.pid for p in psutil.process_iter() if _cwd_under(p, tmp_path)]
+    assert leftover == []
+    assert [r["round"] for r in resumed["history"]] == [0, 1, 2]
+    assert resumed["history"][:2] == first["history"]  # timings included: read back, not rerun
+    last = resumed["history"][2]
+    assert (last["survivors"], last["dropped"], last["pipelined"]) == (2, 0, False)
+
+    # Round 2 from round 1's model: the secure average equals the plain one within the bound.
+    settings = FedSettings(num_partitions=2, hidden=8, local_epochs=1)
+    updates, counts = [], []
+    for pid in range(2):
+        model = load_model(settings.dataset, settings.hidden, settings.seed)
+        set_weights(model, ArrayRecord({k: Array(v) for k, v in first["weights"].items()}))
+        counts.append(local_update(settings, pid, 2, model)[0])
+        updates.append(weights_to_numpy(get_weights(model)))
+    largest = max(float(np.max(np.abs(w))) for w in resumed["weights"].values())
+    for key, value in resumed["weights"].items():
+        plain = sum(c * u[key].astype(np.float64) for u, c in zip(updates, counts, strict=True)) / sum(counts)
+        assert np.max(np.abs(value - plain)) <= last["error_bound"] + 4 * np.finfo(np.float32).eps * largest, key
+
+
+def _cwd_under(proc, folder: Path) -> bool:
+    try:
+        return Path(proc.cwd()).is_relative_to(folder)
+    except Exception:
+        return False
