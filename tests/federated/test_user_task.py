@@ -162,3 +162,10 @@ def test_secagg_kind_trains_the_quickstart_task_securely_and_plainly(tmp_path: P
     assert rows[1]["survivors"] == 2
     # Secure and plain averages differ only by the quantization error: the same test accuracy.
     assert rows[1]["acc_diff"] <= 1 / 359 and rows[1]["secure_test_acc"] > rows[0]["secure_test_acc"]
+
+
+def test_the_quickstart_experiment_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    spec, cfg, _ = prepare(REPO / "examples" / "secure_quickstart" / "experiment.yaml")
+    assert (spec.name, cfg.task, cfg.aggregation) == ("federated", "examples.secure_quickstart.task", "secure")
+    assert cfg.settings_for(None, "").task == "examples.secure_quickstart.task"
