@@ -144,6 +144,7 @@ class ThreadGrid(Grid):
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.pushed = 0
+        self.registering = 0  # calls of get_node_ids that still see only part of the nodes
 
     # The Grid interface ---------------------------------------------------------------------
     @property
@@ -158,6 +159,9 @@ class ThreadGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
+        if self.registering > 0:  # as the simulation engine right after start: nodes still registering
+            self.registering -= 1
+            return sorted(self.apps)[: len(self.apps) // 2 + 1]
         return list(self.apps)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -465,3 +469,26 @@ def test_active_mode_reads_key_files_from_node_config_and_refuses_a_downgrade(tm
     with pytest.raises(SecAggError, match="fewer than the threshold"):
         secure.configure_train(1, initial_arrays(), ConfigRecord(), grid)
     assert "configured for active" in " ".join(secure.last_round.discarded.values())
+
+
+@pytest.mark.parametrize("num_nodes", [3, 2], ids=["fixed", "issue-12-point-7"])
+def test_secure_vs_plain_comparison_waits_for_every_node(num_nodes: int) -> None:
+    # Issue 12, point 7: at the start of a simulation the engine may still register nodes, and
+    # Flower's FedAvg sizes its sample from the nodes connected when it is called. The plain
+    # reference of run_secure_rounds' "both" mode then averaged 2 of 3 clients in round 1
+    # while the secure round (sampled a moment later) averaged all 3: survivors [3, 2, 3],
+    # pipelining as expected, and a "mismatch" of the size of one client's update.
+    from federated.secure_server_app import run_secure_rounds
+
+    grid = make_grid(3, fail={(2, 2)})
+    grid.registering = 1
+    initial = {k: v.numpy() for k, v in initial_arrays().items()}
+    history = run_secure_rounds(grid, initial, 3, SecAggParams(seed=3), mode="both", timeout=5.0,
+                                num_nodes=num_nodes)["history"]
+    assert [r["survivors"] for r in history] == [3, 2, 3]
+    plain = [r["plain_replies"] for r in history]
+    worst = max(r["max_abs_diff"] - r["error_bound"] for r in history)
+    if num_nodes == 3:
+        assert plain == [3, 2, 3] and worst <= 1e-6
+    else:  # the old setting reproduces the failure: the reference lost a client, not the secure sum
+        assert plain == [2, 2, 3] and worst > 0.05
