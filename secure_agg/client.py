@@ -260,7 +260,8 @@ class SecAggClient:
             raise self._refuse(f"a session needs clients >= 2 and 2 <= holders <= clients, got {clients} and {holders}")
         if not 1 <= threshold <= holders:
             raise self._refuse(f"threshold {threshold} is not between 1 and the {holders} share holders")
-        if threshold <= self.min_threshold * holders:
+        # The tolerance keeps float rounding (2/3 x 9) from accepting a t exactly at the minimum.
+        if threshold <= self.min_threshold * holders + 1e-9:
             raise self._refuse(f"threshold {threshold} is at or below its minimum {self.min_threshold:.3g} x {holders} "
                                f"share holders (t must be at least {int(self.min_threshold * holders) + 1})")
         if dim < 1:

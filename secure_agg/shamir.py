@@ -75,17 +75,50 @@ def share(secrets: np.ndarray, xs: np.ndarray, threshold: int, rng: RandomSource
     return np.remainder(acc, PRIME, out=acc)
 
 
+def _row_products(matrix: np.ndarray) -> np.ndarray:
+    """The product of each row modulo p, by halving the columns (log2 of the width numpy steps)."""
+    acc = matrix
+    while acc.shape[1] > 1:
+        if acc.shape[1] % 2:
+            acc = np.concatenate([acc, np.ones((acc.shape[0], 1), dtype=np.int64)], axis=1)
+        half = acc.shape[1] // 2
+        acc = acc[:, :half] * acc[:, half:] % PRIME
+    return acc[:, 0]
+
+
+def _inverses(values: np.ndarray) -> np.ndarray:
+    # Montgomery's batch inversion: one modular exponentiation for all values instead of one each.
+    vals = [int(v) for v in values]
+    prefix, acc = [], 1
+    for v in vals:
+        acc = acc * v % PRIME
+        prefix.append(acc)
+    inv = pow(acc, PRIME - 2, PRIME)
+    out = [0] * len(vals)
+    for i in range(len(vals) - 1, 0, -1):
+        out[i] = inv * prefix[i - 1] % PRIME
+        inv = inv * vals[i] % PRIME
+    if vals:
+        out[0] = inv
+    return np.array(out, dtype=np.int64)
+
+
+def _differences(x: np.ndarray) -> np.ndarray:
+    # Row h holds (x_h - x_k) mod p for every k, with 1 on the diagonal (left out of products).
+    diff = (x[:, None] - x[None, :]) % PRIME
+    np.fill_diagonal(diff, 1)
+    return diff
+
+
 @lru_cache(maxsize=64)
 def _lagrange_at_zero(xs: tuple[int, ...]) -> np.ndarray:
+    # lambda_j = prod_{k != j} x_k / (x_k - x_j)
     x = np.array(xs, dtype=np.int64)
-    num = np.ones(len(x), dtype=np.int64)
-    den = np.ones(len(x), dtype=np.int64)
-    for j in range(len(x)):
-        other = np.arange(len(x)) != j
-        num[other] = num[other] * x[j] % PRIME
-        den[other] = den[other] * ((x[j] - x[other]) % PRIME) % PRIME
-    inv = np.array([pow(int(d), PRIME - 2, PRIME) for d in den], dtype=np.int64)
-    return num * inv % PRIME
+    others = np.tile(x, (len(x), 1))
+    np.fill_diagonal(others, 1)
+    num = _row_products(others)
+    den = _row_products(_differences(x).T)  # row j of the transpose: (x_k - x_j), diagonal 1
+    return num * _inverses(den) % PRIME
 
 
 def lagrange_at_zero(xs: np.ndarray | list[int]) -> np.ndarray:
@@ -126,15 +159,10 @@ def reconstruct_bytes(xs: np.ndarray | list[int], ys: np.ndarray, threshold: int
 @lru_cache(maxsize=64)
 def _dual_weights(xs: tuple[int, ...]) -> np.ndarray:
     # w_h = 1 / prod_{k != h} (x_h - x_k): the weights of the dual (parity-check) code.
-    x = np.array(xs, dtype=np.int64)
-    den = np.ones(len(x), dtype=np.int64)
-    for k in range(len(x)):
-        diff = (x - x[k]) % PRIME
-        diff[k] = 1
-        den = den * diff % PRIME
+    den = _row_products(_differences(np.array(xs, dtype=np.int64)))
     if np.any(den == 0):
         raise SecAggError("Shamir points must be distinct")
-    return np.array([pow(int(d), PRIME - 2, PRIME) for d in den], dtype=np.int64)
+    return _inverses(den)
 
 
 def consistent(xs: np.ndarray | list[int], ys: np.ndarray, threshold: int, rng: RandomSource | None = None) -> bool:
