@@ -40,6 +40,35 @@ from federated.task import (
 RoundCallback = Callable[[dict[str, Any]], None]
 # What a secure strategy reports of a round, copied into the round's record when present.
 SECURE_FIELDS = ("survivors", "dropped", "error_bound", "pipelined")
+# Server-side optimizer state of Flower's strategies, checkpointed so that a resumed run takes
+# the same steps: FedAdagrad/FedAdam/FedYogi's moments (dicts), FedAvgM's momentum (a list).
+STRATEGY_STATE = ("m_t", "v_t", "momentum_vector")
+
+
+def _innermost(strategy: Strategy) -> Strategy:
+    # A wrapper (SecureAggregation) holds the strategy whose update it feeds.
+    while isinstance(vars(strategy).get("strategy"), Strategy):
+        strategy = vars(strategy)["strategy"]
+    return strategy
+
+
+def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
+    """The server-side arrays of ``strategy`` (or of the strategy it wraps), by ``attr:key``."""
+    target, out = _innermost(strategy), {}
+    for attr in STRATEGY_STATE:
+        value = getattr(target, attr, None)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        out.update({f"{attr}:{key}": np.asarray(v) for key, v in items})
+    return out
+
+
+def load_strategy_state(strategy: Strategy, state: dict[str, np.ndarray]) -> None:
+    """Puts arrays saved by :func:`strategy_state` back into ``strategy`` (or the one it wraps)."""
+    target = _innermost(strategy)
+    for attr in STRATEGY_STATE:
+        items = [(name.split(":", 1)[1], value) for name, value in state.items() if name.split(":", 1)[0] == attr]
+        if items:
+            setattr(target, attr, [v for _, v in items] if attr == "momentum_vector" else dict(items))
 
 
 def new_global_model(settings: FedSettings) -> Any:
@@ -156,6 +185,7 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
     state = load_server_checkpoint(settings.checkpoint_dir) if settings.checkpoint_dir and settings.resume else None
     if state is not None:
         weights, history, start = state["weights"], list(state["history"]), state["round"] + 1
+        load_strategy_state(strategy, state["state"])
     else:
         weights = initial_weights(settings)
         test_loss, test_acc = evaluate_global(settings, weights)
@@ -201,7 +231,7 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
         }
         history.append(record)
         if settings.checkpoint_dir:
-            save_server_checkpoint(settings.checkpoint_dir, server_round, weights, history)
+            save_server_checkpoint(settings.checkpoint_dir, server_round, weights, history, strategy_state(strategy))
         if on_round:
             on_round(record)
     return {"weights": weights, "history": history}

@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federated.checkpoint import load_server_checkpoint
+from federated.checkpoint import load_server_checkpoint, save_server_checkpoint
 from federated.settings import FedSettings
 from federated.simulation import simulate
-
-pytestmark = pytest.mark.slow
 
 SECAGG = {"secagg-threshold": 0.6}  # t = 2 of 3 clients
 
@@ -27,6 +25,7 @@ def _base(folder: Path) -> FedSettings:
                        round_timeout=300.0)  # generous: Ray's workers start slowly on a loaded machine
 
 
+@pytest.mark.slow
 def test_secure_run_stopped_in_round_3_and_resumed_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     base = _base(tmp_path / "interrupted")
     # Round 3: two of three clients fail, fewer than t survive: the round stops the run.
@@ -50,6 +49,7 @@ def test_secure_run_stopped_in_round_3_and_resumed_equals_the_uninterrupted_run(
     assert whole["history"][3]["test_acc"] == resumed["history"][3]["test_acc"]
 
 
+@pytest.mark.slow
 def test_a_secure_deployment_resumes_from_the_checkpoint(tmp_path: Path) -> None:
     # Round 1 on the simulation engine; round 2 on the deployment engine (SuperLink and
     # SuperNodes as processes), resuming from round 1's checkpoint: the checkpoint is the
@@ -93,3 +93,80 @@ def _cwd_under(proc, folder: Path) -> bool:
         return Path(proc.cwd()).is_relative_to(folder)
     except Exception:
         return False
+
+
+class LocalGrid:
+    """A Grid whose nodes run the project's ClientApp in this process, one message at a time."""
+
+    def __init__(self, num_nodes: int, overrides: dict) -> None:
+        from flwr.app import RecordDict
+
+        from federated.client_app import make_client_app
+
+        self.app = make_client_app(overrides)
+        self.nodes = [100 + 11 * i for i in range(num_nodes)]
+        self.states = {node: RecordDict() for node in self.nodes}
+        self.ready: dict[str, object] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages) -> list[str]:
+        import uuid
+
+        from flwr.app import Context, Error, Message
+
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            node = msg.metadata.dst_node_id
+            context = Context(run_id=1, node_id=node, state=self.states[node], run_config={},
+                              node_config={"partition-id": self.nodes.index(node), "num-partitions": len(self.nodes)})
+            try:
+                reply = self.app(msg, context)
+            except Exception as exc:  # what the engines send back for a ClientApp that raised
+                reply = Message(Error(code=1, reason=str(exc)), reply_to=msg)
+            reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            self.ready[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids) -> list:
+        return [self.ready.pop(m) for m in list(message_ids) if m in self.ready]
+
+
+def test_resume_restores_the_wrapped_strategys_own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SecureAggregation(FedAdam): FedAdam's moments are server state; a resumed run must take
+    # the same optimizer steps as an uninterrupted one. In-process nodes, the real round loop.
+    from flwr.serverapp.strategy import FedAdam
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from federated import SecAggParams, SecureAggregation
+    from federated.server_app import run_rounds
+    from federated.strategy import TooFewReplies
+    from secure_agg import SecAggError
+
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    base = FedSettings(aggregation="secure", num_partitions=3, num_server_rounds=3, fraction_evaluate=0.0,
+                       hidden=4, local_epochs=1, min_replies=2, resume=True, round_timeout=30.0)
+
+    def run(settings: FedSettings) -> dict:
+        adam = FedAdam(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3, eta=0.01)
+        strategy = SecureAggregation(adam, SecAggParams(seed=5), timeout=30.0, num_rounds=settings.num_server_rounds)
+        return run_rounds(LocalGrid(3, settings.to_run_config()), settings, strategy=strategy)
+
+    whole = run(base.replace(checkpoint_dir=str(tmp_path / "whole")))
+    stopped = base.replace(checkpoint_dir=str(tmp_path / "stopped"))
+    with pytest.raises((TooFewReplies, SecAggError)):
+        run(stopped.replace(faults="3:0:raise,3:1:raise"))
+    state = load_server_checkpoint(stopped.checkpoint_dir)
+    assert state["round"] == 2 and sorted({k.split(":")[0] for k in state["state"]}) == ["m_t", "v_t"]
+    resumed = run(stopped)
+    for key, value in whole["weights"].items():
+        assert np.array_equal(resumed["weights"][key], value), key
+
+    # Without FedAdam's moments the resumed run would take other steps: the state is what matters.
+    save_server_checkpoint(stopped.checkpoint_dir, 2, state["weights"], state["history"])
+    forgetful = run(stopped)
+    assert any(not np.array_equal(forgetful["weights"][k], v) for k, v in whole["weights"].items())
