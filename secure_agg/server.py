@@ -64,6 +64,16 @@ class SecAggServer:
         trusted_keys: Optional, active mode: the identity public keys the server accepts;
             an advertisement certified by any other key is discarded early (clients check
             this themselves in any case).
+
+    Attributes:
+        stage: The call the server expects next (a round name, then ``"done"`` for aggregate).
+        active: Whether the consistency-check round runs.
+        survivors: Clients whose masked inputs are in the sum (U3), once settled.
+        dropped: Clients that shared keys but whose inputs are not in the sum.
+        discarded: Client id -> why a reply of it was refused (malformed, forged, altered,
+            answering an altered request, or a share off the polynomial of the others). A
+            client named here is treated as dropped, except a holder whose bad shares were
+            found after its own input had entered the sum: it stays among the survivors.
     """
 
     def __init__(self, client_ids: list[int], threshold: int, dim: int, bits: int = 32,
@@ -107,6 +117,7 @@ class SecAggServer:
         self.masked: dict[int, np.ndarray] = {}
         self.partners: dict[int, set[int]] = {}
         self.signers: set[int] = set()
+        self.asked: set[int] = set()
         self.survivors: list[int] = []
         self.dropped: list[int] = []
         self.discarded: dict[int, str] = {}
@@ -323,6 +334,7 @@ class SecAggServer:
             dropped = set(self.dropped)
             self.stage = DONE
             survivors = set(self.survivors)
+            self.asked = set(survivors)
             return {u: self._request(UNMASKING, u, survivors=np.array(sorted(survivors & set(self.rosters[u])), dtype=np.int64),
                                      dropped=np.array(sorted(dropped & set(self.forwarded[u])), dtype=np.int64))
                     for u in self.survivors}
@@ -344,6 +356,7 @@ class SecAggServer:
                 continue  # it would refuse anyway; its shares are not needed
             requests[u] = self._request(UNMASKING, u, survivors=u3, signatures=pack_blobs(mine),
                                         dropped=np.array(sorted(dropped & set(self.forwarded[u])), dtype=np.int64))
+        self.asked = set(requests)
         return requests
 
     def aggregate(self, responses: dict[int, bytes]) -> np.ndarray:
@@ -357,8 +370,7 @@ class SecAggServer:
         b_shares: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
         s_shares: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
         survivors, dropped = set(self.survivors), set(self.dropped)
-        asked = self.signers if self.active else survivors
-        for h, msg in self._accept(responses, UNMASKING, set(asked)).items():
+        for h, msg in self._accept(responses, UNMASKING, self.asked).items():
             try:
                 bs = _share_rows(msg, "b_ids", "b_shares", survivors & self.held[h])
                 ss = _share_rows(msg, "s_ids", "s_shares", dropped & self.held[h])

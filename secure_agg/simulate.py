@@ -40,6 +40,7 @@ class SimulationResult:
         error_bound: For float inputs, the largest possible per-entry quantization error of the
             sum (0 for integer inputs).
         discarded: Replies the server refused, with the reason.
+        refused: Requests clients refused (they sent no reply), with the client's reason.
     """
 
     aggregate: np.ndarray
@@ -51,6 +52,7 @@ class SimulationResult:
     server_seconds: float = 0.0
     error_bound: float = 0.0
     discarded: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
 
     @property
     def bytes_per_client(self) -> dict[int, int]:
@@ -157,6 +159,7 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
     received = dict.fromkeys(range(n), 0)
     clock = dict.fromkeys(range(n), 0.0)
     gone: set[int] = set()
+    refused: dict[int, str] = {}
 
     def deliver(round_name: str, requests: dict[int, bytes]) -> dict[int, bytes]:
         gone.update(drops[round_name])
@@ -182,9 +185,10 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
                     reply = client.consistency_check(data)
                 else:
                     reply = client.unmasking(data)
-            except SecAggError:
+            except SecAggError as exc:
                 # A client that refuses a request simply does not answer: the server sees a dropout.
                 clock[u] += time.perf_counter() - start
+                refused[u] = f"{round_name}: {exc}"
                 continue
             clock[u] += time.perf_counter() - start
             if tamper is not None:
@@ -200,13 +204,20 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
         server_clock += time.perf_counter() - start
         return out
 
-    replies = deliver(ADVERTISE_KEYS, serve(server.advertise_keys_requests))
-    replies = deliver(SHARE_KEYS, serve(server.share_keys_requests, replies))
-    replies = deliver(MASKED_INPUT, serve(server.masked_input_requests, replies))
-    if active:
-        replies = deliver(CONSISTENCY_CHECK, serve(server.consistency_check_requests, replies))
-    replies = deliver(UNMASKING, serve(server.unmasking_requests, replies))
-    total = serve(server.aggregate, replies)
+    try:
+        replies = deliver(ADVERTISE_KEYS, serve(server.advertise_keys_requests))
+        replies = deliver(SHARE_KEYS, serve(server.share_keys_requests, replies))
+        replies = deliver(MASKED_INPUT, serve(server.masked_input_requests, replies))
+        if active:
+            replies = deliver(CONSISTENCY_CHECK, serve(server.consistency_check_requests, replies))
+        replies = deliver(UNMASKING, serve(server.unmasking_requests, replies))
+        total = serve(server.aggregate, replies)
+    except SecAggError as exc:
+        if not refused:
+            raise
+        # Say why the clients went silent; the server alone only sees that they did.
+        reasons = "; ".join(refused[u].split(": ", 1)[1] for u in sorted(refused)[:3])
+        raise SecAggError(f"{exc} (clients refused requests: {reasons})") from exc
 
     if quantizer is not None:
         aggregate = quantizer.dequantize(total, len(server.survivors))
@@ -216,4 +227,5 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
         bound = 0.0
     return SimulationResult(aggregate=aggregate, survivors=server.survivors, dropped=server.dropped,
                             bytes_sent=sent, bytes_received=received, client_seconds=clock,
-                            server_seconds=server_clock, error_bound=bound, discarded=dict(server.discarded))
+                            server_seconds=server_clock, error_bound=bound, discarded=dict(server.discarded),
+                            refused=refused)

@@ -111,3 +111,24 @@ def test_bad_inputs_rejected() -> None:
         simulate([np.arange(4) for _ in range(5)], 2, neighbours=3)
     with pytest.raises(SecAggError, match="wrap"):
         Quantization(clip=1.0, bits=8, scale=100.0).for_clients(10)
+
+
+@pytest.mark.parametrize(("neighbours", "threshold", "dropouts"), [
+    (None, 9, {"share_keys": [1], "masked_input": [4], "consistency_check": [6]}),  # t > 2/3 x 12
+    (None, 9, {"unmasking": [2, 9]}),
+    (6, 5, {"masked_input": [3], "consistency_check": [8]}),
+])
+def test_active_mode_sum_is_exact_under_dropouts(neighbours, threshold, dropouts) -> None:
+    rng = np.random.default_rng(5)
+    vectors = [rng.integers(0, 1000, size=9) for _ in range(12)]
+    result = simulate(vectors, threshold, dropouts=dropouts, neighbours=neighbours, seed=3, active=True)
+    gone = set(dropouts.get("share_keys", [])) | set(dropouts.get("masked_input", []))
+    # A client that drops at the consistency check already sent its masked input: it is summed.
+    assert result.survivors == sorted(set(range(12)) - gone)
+    assert np.array_equal(result.aggregate, np.sum([vectors[u] for u in result.survivors], axis=0))
+    assert result.discarded == {}
+
+
+def test_refusals_are_reported_when_the_session_fails() -> None:
+    with pytest.raises(SecAggError, match=r"only 0 clients remain.*client 0 refuses: threshold 2 is at or below"):
+        simulate([np.arange(3)] * 4, 2, seed=0)
