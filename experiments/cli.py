@@ -16,6 +16,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from experiments.errors import UserError
@@ -24,7 +25,10 @@ EPILOG = """examples:
   python -m experiments run fedavg_digits --out runs/fed rounds=5
   python -m experiments run experiments/configs/tour.yaml --seed 1
   python -m experiments resume runs/fed
-  python -m experiments gallery runs/ --out runs/gallery.html"""
+  python -m experiments gallery runs/ --out runs/gallery.html
+  python -m experiments run mappo_spread --import mypkg.envs train.env=mine/foo-v0
+  agora play runs/mappo --episodes 3 --gif play.gif
+  agora eval runs/mappo --episodes 100"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP); must not exist or be empty")
     r.add_argument("--seed", type=int, metavar="N", help="override the config's seed")
     r.add_argument("--quiet", action="store_true", help="no progress bars or console log")
+    r.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register environments); repeatable; adds to the config's 'imports'")
 
     s = sub.add_parser("resume", help="continue a run from its last checkpoint", description="Continue the run in DIR from its last checkpoint.")
     s.add_argument("dir", metavar="DIR")
@@ -52,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gallery", help="build one HTML page of runs", description="Build one static HTML page of the runs at or below each DIR.")
     g.add_argument("dirs", nargs="+", metavar="DIR")
     g.add_argument("--out", metavar="FILE", default=None, help="page to write (default DIR/gallery.html of the first DIR)")
+
+    from marl.play import add_commands  # `play` and `eval` of saved MARL policies
+
+    add_commands(sub)
     return p
 
 
@@ -100,19 +110,22 @@ def _main(argv: list[str] | None) -> int:
         return 2
     from experiments.runner import RunInterrupted
 
-    import threading
-
     old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         if args.command == "run":
             from experiments import runner
 
-            rd = runner.run(args.config, out=args.out, overrides=args.overrides, seed=args.seed, quiet=args.quiet)
+            rd = runner.run(args.config, out=args.out, overrides=args.overrides, seed=args.seed, quiet=args.quiet,
+                            imports=args.imports)
             _report(rd)
         elif args.command == "resume":
             from experiments import runner
 
             _report(runner.resume(args.dir, quiet=args.quiet))
+        elif args.command in ("play", "eval"):
+            from marl.play import run_command
+
+            return run_command(args)
         elif args.command == "list":
             _list()
         elif args.command == "gallery":
@@ -129,6 +142,13 @@ def _main(argv: list[str] | None) -> int:
         where = getattr(exc, "rundir", None)
         hint = f"; `python -m experiments resume {where}` continues from the last checkpoint" if where else ""
         print(f"interrupted by {signal.Signals(signum).name}{hint}", file=sys.stderr)
+        if argv is None and threading.active_count() > 1:
+            # A program, not a call: threads an engine left blocked (Flower's server thread on a
+            # Ray that is shut down) would hold the interpreter's exit forever. The run's state is
+            # written and its processes are stopped, so leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
         return 128 + signum
     except Exception as exc:
         where = getattr(exc, "agora_rundir", None)

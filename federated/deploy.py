@@ -13,6 +13,10 @@ process group it started in ``finally``, also when a step fails.
 flwr 1.41 keeps SuperLink connections in ``$FLWR_HOME/config.toml``; this module gives each
 run its own ``FLWR_HOME`` (a temporary folder) holding one connection to its own SuperLink,
 so nothing outside the run is read or written.
+
+Nothing outlives the run: SIGTERM (and Ctrl-C) to ``python -m federated.deploy`` stops every
+process through the same ``finally`` (exit 143, one line), and a :class:`federated.reaper.ProcessGuard`
+started with the federation stops them if this process is killed outright (SIGKILL).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from federated.checkpoint import load_server_checkpoint
+from federated.reaper import ProcessGuard
 from federated.settings import FedSettings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -87,6 +92,7 @@ class LocalFederation:
     startup_timeout: float = 60.0
     port: int = 0
     procs: list[subprocess.Popen] = field(default_factory=list)
+    guard: ProcessGuard | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -109,15 +115,22 @@ class LocalFederation:
         return proc
 
     def __enter__(self) -> LocalFederation:
+        # First the guard, so that even a SIGKILL during start-up leaves nothing behind.
+        self.guard = ProcessGuard().__enter__()
         try:
             self.start()
         except BaseException:
-            self.stop()
+            self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self.guard is not None:
+                self.guard.__exit__()
+                self.guard = None
 
     def start(self) -> None:
         """Starts the SuperLink, waits for its API, writes the connection, starts the SuperNodes."""
@@ -252,8 +265,34 @@ def deploy(settings: FedSettings, *, workdir: str | Path | None = None, timeout:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGINT arrived; raised in the main thread so every ``finally`` runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Any:
+    """Turns SIGTERM and SIGINT into :class:`Terminated` inside the block (main thread only)."""
+    def raise_terminated(signum: int, frame: Any) -> None:
+        # Once: a second signal must not interrupt the clean-up the first one started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    old = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m federated.deploy``: exit 0 on success, 2 on bad input, 1 on a failed run."""
+    """``python -m federated.deploy``: exit 0 on success, 2 on bad input, 1 on a failed run, 128+N on signal N."""
     p = argparse.ArgumentParser(description="FedAvg on Flower's deployment engine (local processes)")
     p.add_argument("--supernodes", type=int, default=3, help="SuperNodes (clients), default 3")
     p.add_argument("--rounds", type=int, default=3, help="FedAvg rounds, default 3")
@@ -274,10 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = deploy(settings, workdir=a.out, timeout=a.timeout)
+        with stop_on_signals():
+            result = deploy(settings, workdir=a.out, timeout=a.timeout)
     except DeploymentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        print(f"interrupted by {exc}; every process of the run was stopped", file=sys.stderr)
+        return 128 + exc.signum
     for rec in result["history"]:
         print(f"round {rec['round']:3d}  test_acc {rec['test_acc']:.4f}  replies {rec['replies']}  "
               f"failures {rec['failures']}")

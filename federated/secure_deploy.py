@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from federated.checkpoint import load_server_checkpoint
-from federated.deploy import DeploymentError, LocalFederation
+from federated.deploy import DeploymentError, LocalFederation, Terminated, stop_on_signals
 from federated.secure_fedavg import SecAggParams, split_run_config
 from federated.settings import FedSettings
 
@@ -111,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--supernodes must be >= 2 and --rounds >= 1")
     overrides = {"num-server-rounds": args.rounds, "num-partitions": args.supernodes, "fraction-evaluate": 0.0,
                  "hidden": 16, **SecAggParams().to_run_config()}
-    result = deploy_secure(overrides, workdir=args.workdir, timeout=args.timeout)
+    try:
+        with stop_on_signals():
+            result = deploy_secure(overrides, workdir=args.workdir, timeout=args.timeout)
+    except Terminated as exc:
+        print(f"interrupted by {exc}; every process of the run was stopped", file=sys.stderr)
+        return 128 + exc.signum
     for rec in result["history"][1:]:
         print(json.dumps({k: v for k, v in rec.items() if k != "timing"}))
     return 0

@@ -63,6 +63,9 @@ def run_apps(server_app: Any, client_app: Any, num_supernodes: int, sink: list[A
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray's C++ crash handler would take SIGTERM from Python and abort the process (exit -6,
+    # no `finally`, Ray left running); without it SIGTERM reaches Python as SystemExit.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     from flwr.simulation import run_simulation
 
     backend_config: dict[str, Any] = {
@@ -74,12 +77,16 @@ def run_apps(server_app: Any, client_app: Any, num_supernodes: int, sink: list[A
     level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
-    try:
-        _run(run_simulation, dict(server_app=server_app, client_app=client_app,
-                                  num_supernodes=num_supernodes, backend_config=backend_config), sink)
-    finally:
-        flwr_logger.setLevel(level)
-        _shutdown_ray()
+    from federated.reaper import ProcessGuard
+
+    # The guard stops the Ray head and its workers should this process be killed outright.
+    with ProcessGuard():
+        try:
+            _run(run_simulation, dict(server_app=server_app, client_app=client_app,
+                                      num_supernodes=num_supernodes, backend_config=backend_config), sink)
+        finally:
+            flwr_logger.setLevel(level)
+            _shutdown_ray()
     if not sink:
         raise RuntimeError("the simulation ended without a result from the ServerApp (see Flower's log)")
     return sink[0]

@@ -9,18 +9,25 @@ only uses the initialized default group.
 Failure handling is the point of this module: a worker that raises or dies makes ``launch``
 raise :class:`WorkerError` naming every rank's fate. The survivors notice through gloo (a
 closed connection, or the process group's ``timeout``), and whatever is still running after a
-grace period is terminated, then killed. Nothing outlives the call.
+grace period is terminated, then killed. Nothing outlives the call, not even a caller killed
+with SIGKILL: each worker asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``
+on Linux; the parent is the fork server, which exits with the caller) and watches the caller's
+pid from a thread as well, so workers stop within a second or two of the caller.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import multiprocessing as mp
 import os
 import pickle
 import queue
+import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -45,6 +52,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with(caller_pid: int, poll_s: float = 0.5) -> None:
+    """Makes this process exit when ``caller_pid`` is gone (call it first thing in a child).
+
+    Two guards: the kernel kills this process when its parent dies (``PR_SET_PDEATHSIG``, Linux
+    only), and a daemon thread polls ``caller_pid``, which also covers a parent that is not the
+    caller (a fork server) and a caller that died before the first guard was set.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(caller_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)  # the caller is gone: nobody will read our result
+            except PermissionError:
+                pass
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="agora-caller-watch", daemon=True).start()
+
+
 def _worker(
     fn: Callable[..., Any],
     rank: int,
@@ -56,7 +90,9 @@ def _worker(
     threads: int,
     init: str,
     results: Any,
+    caller_pid: int,
 ) -> None:
+    die_with(caller_pid)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     os.environ["RANK"] = str(rank)
@@ -184,7 +220,7 @@ def _run_once(ctx: Any, fn: Callable[..., Any], world_size: int, args: tuple[Any
     procs = [
         ctx.Process(
             target=_worker,
-            args=(fn, rank, world_size, args, port, backend, timeout_s, threads, init, results),
+            args=(fn, rank, world_size, args, port, backend, timeout_s, threads, init, results, os.getpid()),
             daemon=True,
             name=f"agora-rank{rank}",
         )

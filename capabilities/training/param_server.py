@@ -69,6 +69,8 @@ class PSConfig:
         straggler_delay_s: Extra seconds worker 0 sleeps every iteration (the straggler).
         timeout_s: RPC timeout and overall deadline.
         heartbeat_s: How often servers ping unfinished workers to notice a dead one.
+        ping_timeout_s: How long a ping may go unanswered before its worker counts as lost (a
+            hung or stopped process answers nothing, not even an error). Default 10.
     """
 
     mode: str = "bsp"
@@ -80,6 +82,7 @@ class PSConfig:
     straggler_delay_s: float = 0.0
     timeout_s: float = 60.0
     heartbeat_s: float = 0.2
+    ping_timeout_s: float = 10.0
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -90,6 +93,8 @@ class PSConfig:
         if self.lr <= 0 or self.straggler_delay_s < 0 or self.timeout_s <= 0 or self.heartbeat_s <= 0:
             raise ValueError(f"need lr > 0, straggler_delay_s >= 0, timeout_s > 0, heartbeat_s > 0; got "
                              f"{self.lr}, {self.straggler_delay_s}, {self.timeout_s}, {self.heartbeat_s}")
+        if not 0 < self.ping_timeout_s:
+            raise ValueError(f"ping_timeout_s must be > 0, got {self.ping_timeout_s}")
 
 
 class ServerShard:
@@ -269,7 +274,10 @@ def _watch_workers(shard: ServerShard, name: str, workers: list[str], cfg: PSCon
                     continue
             if w not in pings:
                 try:
-                    pings[w] = rpc.rpc_async(workers[w], _rpc_ping)
+                    # A ping's own short timeout: a hung worker (SIGSTOP, a deadlock) is named
+                    # within seconds, before any pull or push waiting on it hits the RPC timeout
+                    # and blames whoever was waiting.
+                    pings[w] = rpc.rpc_async(workers[w], _rpc_ping, timeout=min(cfg.ping_timeout_s, cfg.timeout_s))
                 except Exception as exc:  # noqa: BLE001 -- refused at once: the peer is lost
                     lost(w, exc)
         if shard.failure is None:

@@ -82,3 +82,34 @@ def test_dead_worker_fails_the_run_instead_of_hanging(mode: str) -> None:
     for rank in (0, 1, 2, 4):
         assert fails[rank].startswith("err: RuntimeError: parameter server ps"), fails[rank]
         assert "worker 1 (worker1) stopped answering after 2 of 6 pushes" in fails[rank], fails[rank]
+
+
+class _HangsAtStep(LeastSquares):
+    """The least-squares task, except that one worker's process stops (SIGSTOP) during a gradient."""
+
+    def __init__(self, rank: int, step: int, **kw) -> None:
+        super().__init__(**kw)
+        self.rank, self.step, self.calls = rank, step, 0
+
+    def grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import signal
+
+        self.calls += 1
+        if int(os.environ["RANK"]) == self.rank and self.calls == self.step:
+            os.kill(os.getpid(), signal.SIGSTOP)  # hung: alive, answering nothing, not even pings
+        return super().grad(params, x, y)
+
+
+def test_hung_worker_is_named_not_whoever_waits_on_it() -> None:
+    # Worker 1 (rank 3) stops in its third step. Its pings go unanswered, so the servers name it
+    # after ping_timeout_s; before, every rank waited for the 30 s RPC timeout and the report
+    # blamed worker 0, whose pull timed out first.
+    cfg = PSConfig(mode="bsp", num_servers=2, num_workers=3, steps=6, lr=0.1, timeout_s=30.0, ping_timeout_s=2.0)
+    with pytest.raises(WorkerError) as info:
+        run_parameter_server(cfg, _HangsAtStep(3, 3, dim=8, examples_per_worker=8), start_method="fork")
+    fails = info.value.failures
+    assert "worker 1 (worker1) stopped answering after 2 of 6 pushes" in str(info.value), str(info.value)
+    assert not fails[3].startswith("err"), fails[3]  # the stopped process reports nothing; it is killed
+    for rank in (0, 1):  # the servers name worker 1, never worker 0
+        assert "worker 1 (worker1) stopped answering" in fails[rank], fails[rank]
+        assert "worker 0" not in fails[rank], fails[rank]
