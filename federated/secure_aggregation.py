@@ -353,11 +353,12 @@ class SecureAggregation(Strategy):
         return record
 
     def _messages(self, session: _Session, step: str, payloads: dict[int, bytes],
-                  nxt: dict[int, bytes] | None = None, content: dict[str, Any] | None = None) -> dict[int, Message]:
+                  nxt: dict[int, bytes] | None = None) -> dict[int, Message]:
+        """One protocol-only ``train`` message per client id (the mod answers it without the user's handler)."""
         out = {}
         for pid, data in payloads.items():
             record = self._record(session, pid, step, data, (nxt or {}).get(pid))
-            out[pid] = Message(content=RecordDict({**(content or {}), PAYLOAD: record}), message_type="train",
+            out[pid] = Message(content=RecordDict({PAYLOAD: record}), message_type="train",
                                dst_node_id=session.nodes[pid])
         return out
 
@@ -412,6 +413,7 @@ class SecureAggregation(Strategy):
         return this, nxt
 
     def _exchange(self, session: _Session, step: str, messages: dict[int, Message]) -> tuple[dict[int, bytes], dict[int, bytes]]:
+        """Sends ``messages`` (by client id) and collects the replies to exactly these messages."""
         assert self._grid is not None
         ordered = list(messages.items())
         replies = exchange(self._grid, [m for _, m in ordered], self.timeout)
