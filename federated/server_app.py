@@ -109,7 +109,9 @@ def make_strategy(settings: FedSettings, secagg: dict[str, Any] | None = None) -
     """
     common = dict(fraction_train=settings.fraction_train, fraction_evaluate=settings.fraction_evaluate,
                   min_evaluate_nodes=1 if settings.fraction_evaluate > 0 else 0,
-                  min_available_nodes=settings.num_partitions)
+                  # Only the reply minimum is required: a SuperNode that died mid-run must not
+                  # hold later rounds (every node is awaited once, before the first round).
+                  min_available_nodes=max(settings.min_replies, 2 if settings.aggregation == "secure" else 1))
     if settings.aggregation == "plain":
         return RobustFedAvg(min_replies=settings.min_replies, min_train_nodes=settings.min_replies, **common)
     from flwr.serverapp.strategy import FedAvg
@@ -198,7 +200,10 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
             on_round(history[0])
     for server_round in range(start, settings.num_server_rounds + 1):
         t0 = time.perf_counter()
-        wait_for_nodes(grid, settings.num_partitions, settings.round_timeout)
+        # All nodes before the first round (they may still be registering); after it, the
+        # nodes left are enough while they can meet min_replies (a dead one is not awaited).
+        wait_for_nodes(grid, settings.num_partitions if server_round == start else settings.min_replies,
+                       settings.round_timeout)
         messages = list(strategy.configure_train(server_round, numpy_to_weights(weights), ConfigRecord(), grid))
         replies = _exchange(grid, messages, settings.round_timeout)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)

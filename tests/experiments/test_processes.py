@@ -176,3 +176,37 @@ def test_simulation_run_leaves_no_ray_process(tmp_path: Path, sig: int) -> None:
         assert RunDir(out).read_summary()["status"] == "interrupted"
     finally:
         _cleanup(proc, recorded)
+
+
+@pytest.mark.slow
+def test_a_supernode_that_dies_mid_run_does_not_stop_later_rounds(tmp_path: Path) -> None:
+    import threading
+
+    from federated.checkpoint import load_server_checkpoint
+    from federated.deploy import LocalFederation
+    from federated.settings import FedSettings
+
+    ckdir = tmp_path / "checkpoints"
+    # Round 2 waits for the dead node until the SuperLink notices it is gone (missed heartbeats)
+    # or round_timeout passes; round 3 no longer samples it.
+    settings = FedSettings(num_partitions=3, num_server_rounds=3, partitioner="iid", fraction_evaluate=0.0,
+                           min_replies=2, round_timeout=120.0, checkpoint_dir=str(ckdir))
+    done: list[int] = []
+    with LocalFederation(3, tmp_path / "work") as fed:
+        runner = threading.Thread(target=lambda: done.append(fed.submit(settings.to_run_config(), 400).returncode))
+        runner.start()
+        try:
+            deadline = time.monotonic() + 300
+            while (state := load_server_checkpoint(ckdir)) is None or state["round"] < 1:
+                assert runner.is_alive() and time.monotonic() < deadline, fed.tail("flwr-run")
+                time.sleep(0.2)
+            # procs: the SuperLink, then SuperNodes 0, 1, 2. SuperNode 2 and its ClientApps go.
+            victim = fed.procs[3]
+            os.killpg(victim.pid, signal.SIGKILL)
+        finally:
+            runner.join(timeout=420)
+        assert done == [0], fed.tail("flwr-run", 4000)
+    history = load_server_checkpoint(ckdir)["history"]
+    assert [h["round"] for h in history] == [0, 1, 2, 3]
+    assert history[1]["replies"] == 3
+    assert [h["replies"] for h in history[2:]] == [2, 2], history  # the two nodes left carry on
