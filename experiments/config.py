@@ -218,7 +218,10 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def _message(err: dict[str, Any]) -> str:
-    msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):  # a validator's own words: kept as written (K is not k)
+            return _short(msg.removeprefix(prefix), 400)
     return _short(msg[:1].lower() + msg[1:], 400)
 
 
