@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -144,8 +144,7 @@ def _exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> list[M
     return exchange(grid, list(messages), timeout)
 
 
-def _tally(sent: int, replies: list[Message], metrics: MetricRecord | None,
-           strategy: Strategy) -> dict[str, Any]:
+def _tally(sent: int, replies: list[Message], strategy: Strategy) -> dict[str, Any]:
     """Successes, failures and secure-aggregation counts of one training round."""
     ok = sum(1 for m in replies if not m.has_error())
     seconds = [float(next(iter(m.content.metric_records.values()), {}).get("train-seconds", 0.0))
@@ -207,7 +206,7 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
         messages = list(strategy.configure_train(server_round, numpy_to_weights(weights), ConfigRecord(), grid))
         replies = _exchange(grid, messages, settings.round_timeout)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        tally = _tally(len(messages), replies, train_metrics, strategy)
+        tally = _tally(len(messages), replies, strategy)
         if new_arrays is None or tally["replies"] < settings.min_replies:
             raise TooFewReplies(
                 f"round {server_round}: {tally['replies']} of {len(messages)} clients replied successfully, "
