@@ -1,7 +1,7 @@
 """The common agent/environment API: policies, capabilities, agents, and the env registry."""
 
 from envs.api import Agent, Capability, Policy, RandomPolicy, agents_for
-from envs.check import EnvCheckError, check_env, check_state
+from envs.check import EnvCheckError, check_env, check_state, check_trainable
 from envs.registry import (
     EnvSpec,
     make,
@@ -23,6 +23,7 @@ __all__ = [
     "agents_for",
     "check_env",
     "check_state",
+    "check_trainable",
     "make",
     "make_vec",
     "register",

@@ -33,13 +33,39 @@ def check_state(env: Any, *, seed: int = 0, steps: int = 5) -> None:
         env.step({a: env.action_space(a).sample() for a in env.agents})
 
 
+def check_trainable(env: Any) -> None:
+    """Checks that MAPPO (``marl``) can act in ``env``: what PettingZoo's tests accept but it cannot.
+
+    Every agent's observation space must be a ``Box`` (any shape; images are read by a CNN)
+    and its action space ``Discrete`` (starting at 0) or ``Box``; mixed across agents is fine,
+    and so are agents that leave before the episode ends (the trainer masks them).
+
+    Raises:
+        EnvCheckError: naming the agent and its space.
+    """
+    from gymnasium import spaces
+
+    for agent in env.possible_agents:
+        obs, act = env.observation_space(agent), env.action_space(agent)
+        if not isinstance(obs, spaces.Box):
+            raise EnvCheckError(f"agent {agent!r}: observation space {obs} is not a Box; MAPPO reads Box observations "
+                                "(flatten Dict/Tuple observations in a wrapper)")
+        if isinstance(act, spaces.Discrete):
+            if int(act.start) != 0:
+                raise EnvCheckError(f"agent {agent!r}: Discrete action space starts at {act.start}; MAPPO needs start 0")
+        elif not isinstance(act, spaces.Box):
+            raise EnvCheckError(f"agent {agent!r}: action space {type(act).__name__} {act} is neither Discrete nor Box, "
+                                "the spaces MAPPO acts in")
+
+
 def check_env(
     env: Any,
     *,
     env_fn: Callable[[], Any] | None = None,
     num_cycles: int = 50,
 ) -> None:
-    """Runs PettingZoo's ``parallel_api_test`` and ``parallel_seed_test`` and the state check.
+    """Runs PettingZoo's ``parallel_api_test`` and ``parallel_seed_test``, the state check, and
+    :func:`check_trainable` (so an env that passes is one MAPPO trains on).
 
     Args:
         env: A fresh (not yet reset) ParallelEnv.
@@ -51,6 +77,7 @@ def check_env(
     """
     from pettingzoo.test import parallel_api_test, parallel_seed_test
 
+    check_trainable(env)
     template = copy.deepcopy(env)
     factory = env_fn or (lambda: copy.deepcopy(template))
     parallel_api_test(env, num_cycles=num_cycles)

@@ -23,12 +23,26 @@ class RolloutConfig(ExperimentConfig):
 
     env: str = Field("mpe/simple_spread-v3", description="A registered environment id.")
     env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of envs.make.")
-    policies: list[Literal["random", "noop"]] = Field(["random", "noop"], description="Baselines to play.")
+    policies: list[Literal["random", "noop", "saved"]] = Field(["random", "noop"], description="Policies to play: baselines, or 'saved' (the policy in policy_dir).")
+    policy_dir: str | None = Field(None, description="A MAPPO/IPPO run directory (or policy directory) whose saved policy 'saved' plays.")
     episodes: int = Field(20, gt=0, le=100_000, description="Episodes per policy.")
 
     @model_validator(mode="after")
     def _env_exists_and_takes_kwargs(self) -> RolloutConfig:
         check_env_kwargs(self.env, self.env_kwargs, key="env")
+        if "saved" in self.policies:
+            if self.policy_dir is None:
+                raise ValueError("policies has 'saved' but policy_dir is not set (a MAPPO run directory)")
+            import json
+
+            from marl.policy import find_policy_dir
+
+            try:
+                meta = json.loads((find_policy_dir(self.policy_dir) / "policy.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"policy_dir: {exc}") from None
+            if meta.get("env") != self.env:
+                raise ValueError(f"policy_dir: the policy was trained on {meta.get('env')!r}, not env = {self.env!r}")
         return self
 
 
@@ -131,8 +145,11 @@ def play(env: Any, policy: Any, episodes: int, seed: int) -> np.ndarray:
         total = 0.0
         while env.agents:
             names = list(env.agents)
-            acts = policy(np.stack([obs[a] for a in names]))
-            obs, rew, term, trunc, _ = env.step(dict(zip(names, acts, strict=True)))
+            if hasattr(policy, "act"):  # a saved MARL policy acts on the observation dict itself
+                actions = policy.act(obs)
+            else:
+                actions = dict(zip(names, policy(np.stack([obs[a] for a in names])), strict=True))
+            obs, rew, term, trunc, _ = env.step(actions)
             total += sum(rew.values()) / len(env.possible_agents)
         returns[ep] = total
     return returns
@@ -165,7 +182,12 @@ def run_rollout(cfg: RolloutConfig, ctx: RunContext) -> dict[str, Any]:
     for name in ctx.progress(cfg.policies, description=f"rollout {cfg.env}"):
         if name in results:
             continue
-        policy = RandomPolicy(space, seed=cfg.seed) if name == "random" else NoopPolicy(space)
+        if name == "saved":
+            from marl.policy import load_policy
+
+            policy: Any = load_policy(cfg.policy_dir)
+        else:
+            policy = RandomPolicy(space, seed=cfg.seed) if name == "random" else NoopPolicy(space)
         returns = play(env, policy, cfg.episodes, cfg.seed)
         for ep, r in enumerate(returns):
             ctx.log(policy=name, episode=ep, mean_agent_return=float(r))

@@ -1,4 +1,7 @@
-"""The cooperative Multi-Particle Environments of mpe2, registered under ``mpe/``.
+"""The Multi-Particle Environments of mpe2, registered under ``mpe/``: cooperative and competitive.
+
+Competitive ones are registered with their teams (agent-name prefixes), so MAPPO trains one
+learner per team and reports each team's return.
 
 ``envs.make("mpe/simple_spread-v3", N=3, local_ratio=0.5, max_cycles=25)`` is mpe2's own
 ``simple_spread_v3.parallel_env`` with the same keyword arguments; the version in the id is
@@ -29,3 +32,21 @@ def _parallel_env(module: str, **kwargs: Any) -> Any:
 for _module, _text in COOPERATIVE.items():
     _name, _, _version = _module.rpartition("_v")
     register(f"mpe/{_name}-v{_version}", partial(_parallel_env, _module), description=f"mpe2: {_text}")
+
+
+# Competing teams, by agent-name prefix (mpe2 names adversaries ``adversary_K`` or
+# ``leadadversary_0``; the others ``agent_K``; simple_crypto's ``eve_0`` against ``alice_0``/``bob_0``).
+COMPETITIVE = {
+    "simple_tag_v3": ("predators chase a faster prey", {"adversary": ["adversary_"], "agent": ["agent_"]}),
+    "simple_adversary_v3": ("good agents hide the target landmark from an adversary",
+                            {"adversary": ["adversary_"], "agent": ["agent_"]}),
+    "simple_push_v3": ("an adversary pushes the agent off its landmark", {"adversary": ["adversary_"], "agent": ["agent_"]}),
+    "simple_crypto_v3": ("alice and bob talk privately while eve listens", {"eve": ["eve_"], "alice_bob": ["alice_", "bob_"]}),
+    "simple_world_comm_v3": ("a lead adversary and adversaries chase agents among forests",
+                             {"adversary": ["adversary_", "leadadversary_"], "agent": ["agent_"]}),
+}
+
+for _module, (_text, _teams) in COMPETITIVE.items():
+    _name, _, _version = _module.rpartition("_v")
+    register(f"mpe/{_name}-v{_version}", partial(_parallel_env, _module), description=f"mpe2 (competitive): {_text}",
+             teams=_teams)

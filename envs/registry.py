@@ -25,12 +25,14 @@ class EnvSpec:
         factory: Called with the keyword arguments of :func:`make`; returns a ParallelEnv.
         description: One line for listings.
         defaults: Keyword arguments applied before the caller's.
+        teams: Competing teams, each ``(name, agent-name prefixes)``; empty when all cooperate.
     """
 
     id: str
     factory: Callable[..., Any]
     description: str = ""
     defaults: tuple[tuple[str, Any], ...] = ()
+    teams: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 _REGISTRY: dict[str, EnvSpec] = {}
@@ -50,13 +52,19 @@ def register(
     factory: Callable[..., Any],
     *,
     description: str = "",
+    teams: dict[str, list[str]] | None = None,
     **defaults: Any,
 ) -> EnvSpec:
-    """Registers ``factory`` under ``env_id``; warns when it replaces an existing entry."""
+    """Registers ``factory`` under ``env_id``; warns when it replaces an existing entry.
+
+    ``teams`` names competing teams by agent-name prefixes (``{"adversary": ["adversary_"],
+    "good": ["agent_"]}``): trainers give each team its own learner.
+    """
     _check_id(env_id)
     if env_id in _REGISTRY:
         warnings.warn(f"environment {env_id!r} was already registered; overriding it", stacklevel=2)
-    spec = EnvSpec(env_id, factory, description, tuple(sorted(defaults.items())))
+    team_spec = tuple((name, tuple(prefixes)) for name, prefixes in (teams or {}).items())
+    spec = EnvSpec(env_id, factory, description, tuple(sorted(defaults.items())), team_spec)
     _REGISTRY[env_id] = spec
     return spec
 
@@ -116,7 +124,7 @@ def registered_vec() -> list[str]:
 _BUILTINS_LOADED = False
 # Modules that register environments when imported. A module missing from an install that
 # leaves out its package is skipped; any other import error is raised.
-_BUILTIN_MODULES = ("envs.mpe", "envs.vec_spread", "swarm.env")
+_BUILTIN_MODULES = ("envs.mpe", "envs.vec_spread", "envs.pettingzoo_families", "swarm.env")
 
 
 def _ensure_builtins() -> None:

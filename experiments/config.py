@@ -37,6 +37,7 @@ class ExperimentConfig(BaseModel):
 
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of every generator in the run (0 .. 2**32-1).")
     description: str = Field("", max_length=1000, description="One line shown by `list` and in the gallery.")
+    imports: list[str] = Field([], max_length=100, description="Modules imported before the run (a user's own environments); `run --import M` adds to it.")
 
 
 class Section(BaseModel):

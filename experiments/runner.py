@@ -21,8 +21,12 @@ def prepare(
     *,
     overrides: list[str] = (),  # type: ignore[assignment]
     seed: int | None = None,
+    imports: list[str] = (),  # type: ignore[assignment]
 ) -> tuple[KindSpec, Any, str]:
     """Reads, overrides and validates a config before anything is written.
+
+    The modules named by ``imports`` and the config's ``imports`` key are imported first, so
+    environments (or kinds) they register are known when the config is checked.
 
     Returns:
         The kind, the validated config and the config's name (file stem).
@@ -35,9 +39,32 @@ def prepare(
     data = apply_overrides(data, list(overrides))
     if seed is not None:
         data["seed"] = seed
+    if imports:
+        listed = data.get("imports") if isinstance(data.get("imports"), list) else []
+        data["imports"] = [*listed, *(m for m in imports if m not in listed)]
+    import_user_modules(data.get("imports"))
     spec = get_kind(data.pop("kind", None))
     cfg = validate(spec.config, data, spec.name)
     return spec, cfg, name
+
+
+def import_user_modules(modules: Any) -> None:
+    """Imports each module a config names under ``imports`` (a user's own environments).
+
+    Raises:
+        UserError: naming the module and why it could not be imported.
+    """
+    import importlib
+
+    if modules is None:
+        return
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise UserError(f"config key 'imports' = {modules!r}: expected a list of module names")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 -- any failure of the user's module is theirs to fix
+            raise UserError(f"config key 'imports': cannot import {module!r}: {type(exc).__name__}: {exc}") from None
 
 
 def default_out(name: str, root: str | Path = "runs") -> Path:
@@ -57,6 +84,7 @@ def run(
     overrides: list[str] = (),  # type: ignore[assignment]
     seed: int | None = None,
     quiet: bool = False,
+    imports: list[str] = (),  # type: ignore[assignment]
 ) -> RunDir:
     """Runs ``config`` into ``out`` (default ``runs/NAME-TIMESTAMP``) and returns the run directory.
 
@@ -65,7 +93,7 @@ def run(
         RunInterrupted: on SIGTERM or Ctrl-C; the run is then marked ``interrupted``.
         Exception: whatever the experiment raised; the run is then marked ``failed``.
     """
-    spec, cfg, name = prepare(config, overrides=overrides, seed=seed)
+    spec, cfg, name = prepare(config, overrides=overrides, seed=seed, imports=imports)
     rundir = RunDir(out if out is not None else default_out(name))
     resolved = {"kind": spec.name, **to_plain(cfg)}
     rundir.create(resolved)
@@ -101,6 +129,7 @@ def resume(path: str | Path, *, quiet: bool = False) -> RunDir:
         if summary["status"] == "complete":
             raise UserError(f"run {str(path)!r} already finished (status complete); start a new one with `run`")
         data = rundir.read_config()
+        import_user_modules(data.get("imports"))
         spec = get_kind(data.pop("kind", None))
         cfg = validate(spec.config, data, spec.name)
         resolved = {"kind": spec.name, **data}

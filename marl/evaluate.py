@@ -21,61 +21,93 @@ BatchPolicy = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def evaluate(policy: BatchPolicy, env: Any, seed: int) -> dict[str, float]:
+def evaluate(policy: BatchPolicy, env: Any, seed: int, teams: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """Plays one episode per environment of ``env`` (reset with ``seed``).
 
     Args:
-        policy: Observations [B, N, obs_dim] -> actions [B, N] (or [B, N, act_dim]).
+        policy: Observations [B, N, obs_dim] -> actions [B, N] (or [B, N, A]).
         env: A batched environment (``envs.make_vec`` or :class:`marl.parallel_batch.ParallelBatch`).
         seed: Reset seed; the same seed gives every policy the same starting worlds.
+        teams: Team name -> agent indices. With more than one team, each team's return is
+            reported (``return_TEAM``) and no ``return`` averages opponents together.
 
     Returns:
-        ``return`` (per-agent, mean over episodes), ``return_std`` (over episodes),
-        ``episodes``, and on simple_spread ``covered_landmarks`` and ``collisions``.
+        ``return`` (per-agent, mean over episodes) and ``return_std`` (over episodes), or per
+        team ``return_TEAM`` and ``return_std_TEAM``; ``episodes``; on simple_spread
+        ``covered_landmarks`` and ``collisions``.
     """
     obs, _ = env.reset(seed=seed)
-    b = env.num_envs
-    total = torch.zeros(b, dtype=torch.float64)
+    b, n = env.num_envs, env.num_agents
+    total = torch.zeros(b, n, dtype=torch.float64)
     collisions = torch.zeros(b, dtype=torch.float64)
     covered = torch.zeros(b, dtype=torch.float64)
     running = torch.ones(b, dtype=torch.bool)
     has_spread_info = False
     while bool(running.any()):
         obs, reward, _, _, infos = env.step(policy(obs))
-        total += torch.where(running, reward.double().cpu().mean(dim=1), 0.0)
+        total += torch.where(running.unsqueeze(1), reward.double().cpu(), 0.0)
         if "collisions" in infos:
             has_spread_info = True
             collisions += torch.where(running, infos["collisions"].double().cpu(), 0.0)
             covered = torch.where(running, infos["covered_landmarks"].double().cpu(), covered)
         running &= ~infos["done"].cpu()
-    out = {"return": total.mean().item(), "return_std": total.std().item() if b > 1 else 0.0, "episodes": b}
+    out: dict[str, Any] = {}
+    teams = teams or {"all": list(range(n))}
+    for name, idx in teams.items():
+        per_episode = total[:, idx].mean(dim=1)
+        suffix = "" if len(teams) == 1 else f"_{name}"
+        out[f"return{suffix}"] = per_episode.mean().item()
+        out[f"return_std{suffix}"] = per_episode.std().item() if b > 1 else 0.0
+    out["episodes"] = b
     if has_spread_info:
         out.update(covered_landmarks=covered.mean().item(), collisions=collisions.mean().item())
     return out
 
 
 def random_policy(env: Any, seed: int) -> BatchPolicy:
-    """Uniform random actions from the policy's own generator."""
+    """Uniform random actions from the policy's own generator (inside each Box's bounds)."""
+    from marl.policy import groups_of
+
     gen = torch.Generator().manual_seed(seed)
-    sizes = torch.tensor(list(getattr(env, "action_sizes", [env.act_dim] * env.num_agents)))
+    groups = groups_of(env)
+    all_discrete = all(g.discrete for g in groups)
+    width = max(1 if g.discrete else g.size for g in groups)
 
     def act(obs: torch.Tensor) -> torch.Tensor:
         b, n = obs.shape[:2]
-        if env.continuous_actions:
-            return torch.rand(b, n, env.act_dim, generator=gen)
-        return (torch.rand(b, n, generator=gen) * sizes).long()
+        out = torch.zeros(b, n, width)
+        for g in groups:
+            idx = torch.tensor(g.agents)
+            if g.discrete:
+                out[:, idx, 0] = (torch.rand(b, len(idx), generator=gen) * g.size).floor()
+            elif g.low is not None:
+                lo, hi = torch.tensor(g.low), torch.tensor(g.high)
+                out[:, idx, : g.size] = lo + (hi - lo) * torch.rand(b, len(idx), g.size, generator=gen)
+            else:
+                out[:, idx, : g.size] = torch.randn(b, len(idx), g.size, generator=gen)
+        return out[..., 0].long() if all_discrete else out
 
     return act
 
 
 def noop_policy(env: Any) -> BatchPolicy:
-    """Action 0 for every agent (no force in the MPE discrete action space)."""
+    """Action 0 for every agent (no force in the MPE discrete action space); zeros clipped to each Box."""
+    from marl.policy import groups_of
+
+    groups = groups_of(env)
+    all_discrete = all(g.discrete for g in groups)
+    width = max(1 if g.discrete else g.size for g in groups)
 
     def act(obs: torch.Tensor) -> torch.Tensor:
         b, n = obs.shape[:2]
-        if env.continuous_actions:
-            return torch.zeros(b, n, env.act_dim)
-        return torch.zeros(b, n, dtype=torch.long)
+        if all_discrete:
+            return torch.zeros(b, n, dtype=torch.long)
+        out = torch.zeros(b, n, width)
+        for g in groups:
+            if not g.discrete and g.low is not None:
+                idx = torch.tensor(g.agents)
+                out[:, idx, : g.size] = torch.zeros(g.size).clamp(torch.tensor(g.low), torch.tensor(g.high))
+        return out
 
     return act
 
@@ -111,11 +143,12 @@ def scripted_spread_policy(env: Any, damping: float = 0.5) -> BatchPolicy:
     return act
 
 
-def baselines(env: Any, seed: int, names: tuple[str, ...] = ("random", "noop", "scripted")) -> dict[str, dict[str, float]]:
+def baselines(env: Any, seed: int, names: tuple[str, ...] = ("random", "noop", "scripted"),
+              teams: dict[str, list[int]] | None = None) -> dict[str, dict[str, Any]]:
     """Each baseline's :func:`evaluate` result on ``env`` with ``seed`` (scripted: simple_spread only)."""
     makers: dict[str, Callable[[], BatchPolicy]] = {
         "random": lambda: random_policy(env, seed),
         "noop": lambda: noop_policy(env),
         "scripted": lambda: scripted_spread_policy(env),
     }
-    return {name: evaluate(makers[name](), env, seed) for name in names}
+    return {name: evaluate(makers[name](), env, seed, teams) for name in names}

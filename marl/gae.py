@@ -12,6 +12,10 @@ the step led to (the final state of the episode when it ended there, before any 
 
     delta_t = r_t + gamma * (1 - terminated_t) * next_value_t - value_t
     A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},   done = terminated | truncated
+
+Agents that leave early (MAPPO's active masks): where ``active_t`` is false the agent was not
+there to act, so ``A_t = 0`` and nothing flows through that step; the step where it left
+carries ``terminated`` and ends its recursion like an episode end.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def compute_gae(
     truncated: torch.Tensor,
     gamma: float,
     gae_lambda: float,
+    active: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and returns of one rollout (time first, any trailing batch shape).
 
@@ -39,6 +44,7 @@ def compute_gae(
         truncated: [T, ...] bool, the episode was cut at this step by a time limit.
         gamma: Discount in [0, 1].
         gae_lambda: GAE lambda in [0, 1].
+        active: [T, ...] bool, the agent was present and acted at this step. Default all.
 
     Returns:
         ``(advantages, returns)`` with ``returns = advantages + values``.
@@ -48,12 +54,15 @@ def compute_gae(
             "rewards, values, next_values, terminated and truncated must have one shape, got "
             f"{[list(t.shape) for t in (rewards, values, next_values, terminated, truncated)]}"
         )
+    if active is not None and active.shape != rewards.shape:
+        raise ValueError(f"active must have the shape of rewards {list(rewards.shape)}, got {list(active.shape)}")
+    live = torch.ones_like(values) if active is None else active.to(values.dtype)
     not_terminated = (~terminated.bool()).to(values.dtype)
     not_done = (~(terminated.bool() | truncated.bool())).to(values.dtype)
-    deltas = rewards + gamma * not_terminated * next_values - values
+    deltas = (rewards + gamma * not_terminated * next_values - values) * live
     advantages = torch.zeros_like(values)
     running = torch.zeros_like(values[0])
     for t in range(rewards.shape[0] - 1, -1, -1):
-        running = deltas[t] + gamma * gae_lambda * not_done[t] * running
+        running = deltas[t] + gamma * gae_lambda * not_done[t] * live[t] * running
         advantages[t] = running
     return advantages, advantages + values

@@ -8,7 +8,12 @@
 
 Both checkpoint every ``checkpoint_every`` updates (the trainer's whole state, the curves so
 far), so ``python -m experiments resume DIR`` writes exactly the lines an uninterrupted run
-would.
+would. Each checkpoint also writes the policy so far to ``checkpoints/policy/``, and a finished
+training job writes ``policy/`` (``policy/NAME-seedS/`` when a run trains several): the
+actor's tensors and the JSON that rebuilds it, read back by :func:`marl.load_policy`.
+
+With competing teams (simple_tag, simple_adversary, ...) every return is reported per team
+(``return_TEAM``); no headline number averages opponents.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pydantic import Field, model_validator
 
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 from marl.evaluate import baselines, evaluate
-from marl.mappo import MAPPO, MAPPOConfig, make_batched_env
+from marl.mappo import MAPPO, MAPPOConfig, env_teams, make_batched_env
+from marl.policy import groups_of
 
 BASELINE_STYLE = {"random": ":", "noop": "-.", "scripted": "--"}
 
@@ -83,11 +89,23 @@ def _check(cfg: EvalSettings) -> None:
         raise UserError("config key 'baselines': 'scripted' exists for mpe/simple_spread-v3 only")
 
 
+def team_indices(cfg: MAPPOConfig, env: Any) -> dict[str, list[int]]:
+    """Team name -> agent indices of ``env`` (one team ``all`` when nobody competes)."""
+    out: dict[str, list[int]] = {}
+    for g in groups_of(env, env_teams(cfg)):
+        out.setdefault(g.team, []).extend(g.agents)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _policy_dir(key: str, single: bool) -> str:
+    return "policy" if single else f"policy/{key.replace('/', '-')}"
+
+
 def _run_jobs(cfg: EvalSettings, ctx: RunContext, jobs: list[tuple[str, int, MAPPOConfig]]) -> dict[str, Any]:
-    """Trains each (name, seed, config) job in order.
+    """Trains each (name, seed, config) job in order, saving each job's policy.
 
     Returns:
-        ``curves`` (each job's evaluations, keyed ``NAME/seedS``) and ``baselines``.
+        ``curves`` (each job's evaluations, keyed ``NAME/seedS``), ``baselines`` and ``teams``.
     """
     import torch
 
@@ -95,11 +113,14 @@ def _run_jobs(cfg: EvalSettings, ctx: RunContext, jobs: list[tuple[str, int, MAP
     state = ctx.resume_state or {"curves": {}, "baselines": None, "current": None}
     curves: dict[str, list[dict[str, Any]]] = state["curves"]
     eval_env = make_batched_env(cfg.train, cfg.eval_episodes, cfg.eval_seed)
+    teams = team_indices(cfg.train, eval_env)
+    state["teams"] = teams
     if state["baselines"] is None:
-        state["baselines"] = baselines(eval_env, cfg.eval_seed, tuple(cfg.baselines))
+        state["baselines"] = baselines(eval_env, cfg.eval_seed, tuple(cfg.baselines), teams)
         for name, result in state["baselines"].items():
             ctx.log(baseline=name, **result)
         ctx.save_checkpoint(state)
+    single = len(jobs) == 1
     for name, seed, train_cfg in jobs:
         key = f"{name}/seed{seed}"
         if key in curves and (state["current"] is None or state["current"]["key"] != key):
@@ -109,50 +130,62 @@ def _run_jobs(cfg: EvalSettings, ctx: RunContext, jobs: list[tuple[str, int, MAP
             trainer.load_state_dict(state["current"]["trainer"])
         else:
             curves[key] = []
-        ctx.info(f"{key}: {trainer.num_updates} updates of {trainer.batch_steps} env steps")
+        ctx.info(f"{key}: {trainer.num_updates} updates of {trainer.batch_steps} env steps; "
+                 f"groups {[(g.name, len(g.agents)) for g in trainer.groups]}")
         remaining = range(trainer.update_index, trainer.num_updates)
         for _ in ctx.progress(remaining, description=key):
             metrics = trainer.train_iteration()
             u = metrics["update"]
             ctx.log(run=key, **metrics)
             if u % cfg.eval_every == 0 or u == trainer.num_updates:
-                result = evaluate(trainer.greedy_policy, eval_env, cfg.eval_seed)
+                result = evaluate(trainer.greedy_policy, eval_env, cfg.eval_seed, teams)
                 point = {"update": u, "env_steps": metrics["env_steps"], **result}
                 curves[key].append(point)
                 ctx.log(run=key, eval=True, **point)
             if u % cfg.checkpoint_every == 0 and u < trainer.num_updates:
+                # The policy first: a checkpoint never points at a policy older than itself.
+                trainer.save_policy(ctx.path / "checkpoints" / _policy_dir(key, single))
                 state["current"] = {"key": key, "trainer": trainer.state_dict()}
                 ctx.save_checkpoint(state)
+        trainer.save_policy(ctx.path / _policy_dir(key, single))
         state["current"] = None
         ctx.save_checkpoint(state)
     return state
 
 
-def _plot(ctx: RunContext, groups: dict[str, list[list[dict[str, Any]]]], base: dict[str, dict[str, float]],
-          title: str) -> dict[str, float]:
-    """The learning curves (mean and min-max over seeds) with baselines; returns the headline."""
+def _plot(ctx: RunContext, groups: dict[str, list[list[dict[str, Any]]]], base: dict[str, dict[str, Any]],
+          title: str, teams: dict[str, list[int]]) -> dict[str, float]:
+    """The learning curves (mean and min-max over seeds) with baselines; returns the headline.
+
+    With several teams each team gets its own curve and headline keys (``..._return_TEAM``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    suffixes = [""] if len(teams) <= 1 else [f"_{t}" for t in teams]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     headline: dict[str, float] = {}
     for label, runs in groups.items():
         steps = np.array([p["env_steps"] for p in runs[0]])
-        returns = np.array([[p["return"] for p in run] for run in runs])
-        mean = returns.mean(axis=0)
-        line = ax.plot(steps, mean, label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")[0]
-        if len(runs) > 1:
-            ax.fill_between(steps, returns.min(axis=0), returns.max(axis=0), color=line.get_color(), alpha=0.2)
-        headline[f"{label}_final_return"] = float(mean[-1])
+        for sfx in suffixes:
+            returns = np.array([[p[f"return{sfx}"] for p in run] for run in runs])
+            mean = returns.mean(axis=0)
+            name = f"{label}{' ' + sfx[1:] if sfx else ''}"
+            line = ax.plot(steps, mean, label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")[0]
+            if len(runs) > 1:
+                ax.fill_between(steps, returns.min(axis=0), returns.max(axis=0), color=line.get_color(), alpha=0.2)
+            headline[f"{label}_final_return{sfx}"] = float(mean[-1])
         for key, name in (("covered_landmarks", "covered"), ("collisions", "collisions")):
             if key in runs[0][-1]:  # simple_spread's evaluator extras
                 headline[f"{label}_final_{name}"] = float(np.mean([run[-1][key] for run in runs]))
         headline["env_steps"] = int(steps[-1])
     for name, result in base.items():
-        ax.axhline(result["return"], color="gray", ls=BASELINE_STYLE[name], lw=1.2, label=f"{name} ({result['return']:.1f})")
-        headline[f"{name}_return"] = float(result["return"])
+        for sfx in suffixes:
+            ax.axhline(result[f"return{sfx}"], color="gray", ls=BASELINE_STYLE[name], lw=1.2,
+                       label=f"{name}{' ' + sfx[1:] if sfx else ''} ({result[f'return{sfx}']:.1f})")
+            headline[f"{name}_return{sfx}"] = float(result[f"return{sfx}"])
     ax.set(xlabel="environment steps", ylabel="greedy per-agent return", title=title)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
@@ -170,7 +203,8 @@ def run_mappo(cfg: MAPPORunConfig, ctx: RunContext) -> dict[str, Any]:
     _check(cfg)
     name = "MAPPO" if cfg.train.central_critic else "IPPO"
     done = _run_jobs(cfg, ctx, [(name, cfg.seed, cfg.train)])
-    return _plot(ctx, {name: [done["curves"][f"{name}/seed{cfg.seed}"]]}, done["baselines"], f"{name} on {cfg.train.env}")
+    return _plot(ctx, {name: [done["curves"][f"{name}/seed{cfg.seed}"]]}, done["baselines"], f"{name} on {cfg.train.env}",
+                 done["teams"])
 
 
 class CompareConfig(EvalSettings):
@@ -188,4 +222,4 @@ def run_compare(cfg: CompareConfig, ctx: RunContext) -> dict[str, Any]:
     jobs = [("MAPPO", s, mappo) for s in cfg.seeds] + [("IPPO", s, ippo) for s in cfg.seeds]
     done = _run_jobs(cfg, ctx, jobs)
     groups = {name: [done["curves"][f"{name}/seed{s}"] for s in cfg.seeds] for name in ("MAPPO", "IPPO")}
-    return _plot(ctx, groups, done["baselines"], f"CTDE on {cfg.train.env}: central vs local critic")
+    return _plot(ctx, groups, done["baselines"], f"CTDE on {cfg.train.env}: central vs local critic", done["teams"])

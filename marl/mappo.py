@@ -7,7 +7,12 @@ the clipped PPO objective over minibatches.
 
 * ``central_critic=True`` (MAPPO): the critic sees the global state, one value per agent.
 * ``central_critic=False`` (IPPO): the same code with a critic on each agent's own observation.
-* ``share_params=True``: one actor (and one local critic) for all agents with a one-hot id.
+* ``share_params=True``: one actor (and one local critic) per group of agents with equal
+  spaces, told apart by a one-hot id (:mod:`marl.policy`); Discrete and Box groups mix.
+* Teams (``teams``, or the environment's registered teams): each team is its own learner with
+  its own critic, value normalization and optimizer; opponents never share a loss.
+* Agents that leave early are masked (``active``) in the rollout, GAE and every loss, as in
+  MAPPO's own implementation.
 
 Training runs on a batched environment (``envs.make_vec``) or on B copies of any registered
 ParallelEnv (:class:`marl.parallel_batch.ParallelBatch`); both have the same interface.
@@ -27,8 +32,9 @@ from torch import nn
 
 from experiments import Section
 from marl.gae import compute_gae
-from marl.networks import Actor, CentralCritic, LocalCritic, ValueNorm
+from marl.networks import CentralCritic, LocalCritic, ValueNorm
 from marl.parallel_batch import ParallelBatch
+from marl.policy import GroupedActor, groups_of, save_policy
 
 
 class MAPPOConfig(Section):
@@ -56,11 +62,17 @@ class MAPPOConfig(Section):
     value_norm: bool = Field(True, description="Normalize value targets with running statistics.")
     device: str = Field("cpu", description="Torch device: cpu, cuda or cuda:K (cuda only where available).")
     threads: int = Field(1, ge=1, le=256, description="Torch CPU threads for the run (networks this small run best on one).")
+    teams: dict[str, list[str]] | None = Field(None, description="Team name -> agent-name prefixes; one learner per team. "
+                                               "Default: the environment's registered teams, else one team of all agents.")
+    encoder: Literal["auto", "mlp", "cnn"] = Field("auto", description="Observation encoder: auto (a CNN for image observations), mlp or cnn.")
+    workers: int = Field(0, ge=0, le=256, description="backend parallel: worker processes stepping the copies (0: in this process).")
 
     @model_validator(mode="after")
     def _minibatches_fit(self) -> MAPPOConfig:
         if self.num_minibatches > self.num_envs:
             raise ValueError(f"num_minibatches ({self.num_minibatches}) must be at most num_envs ({self.num_envs}): minibatches split the environments")
+        if self.workers and self.backend != "parallel":
+            raise ValueError(f"workers = {self.workers} steps copies of a ParallelEnv: it needs backend 'parallel', not {self.backend!r}")
         # One rollout is held in memory at once; 2**24 environment steps of it fit in a few GiB.
         if self.num_envs * self.rollout_steps > 2**24:
             raise ValueError(f"num_envs * rollout_steps = {self.num_envs * self.rollout_steps} steps per rollout exceeds "
@@ -81,18 +93,22 @@ def make_batched_env(cfg: MAPPOConfig, num_envs: int, seed: int) -> Any:
             raise ValueError(f"env {cfg.env!r} has no batched implementation (batched: {', '.join(registered_vec())}); use backend 'parallel'")
         env = make_vec(cfg.env, num_envs=num_envs, device=cfg.device, **cfg.env_kwargs)
     else:
-        env = ParallelBatch(cfg.env, num_envs, seed=seed, device=cfg.device, **cfg.env_kwargs)
+        env = ParallelBatch(cfg.env, num_envs, seed=seed, device=cfg.device, workers=cfg.workers, **cfg.env_kwargs)
     env.reset(seed=seed)
     return env
 
 
-def action_sizes(env: Any) -> list[int]:
-    """Valid actions (or action dimensions) of each agent of a batched environment."""
-    return list(getattr(env, "action_sizes", [env.act_dim] * env.num_agents))
+def env_teams(cfg: MAPPOConfig) -> dict[str, list[str]] | None:
+    """The config's teams, else the teams the environment was registered with (None: one team)."""
+    if cfg.teams is not None:
+        return cfg.teams or None
+    from envs.registry import spec
+
+    return {team: list(prefixes) for team, prefixes in spec(cfg.env).teams} or None
 
 
 class MAPPO:
-    """One training run: environments, networks, optimizer and the loop state.
+    """One training run: environments, networks, optimizers and the loop state.
 
     Args:
         cfg: The hyperparameters.
@@ -110,42 +126,64 @@ class MAPPO:
         self.batch_steps = cfg.num_envs * cfg.rollout_steps
         self.num_updates = max(1, math.ceil(cfg.total_steps / self.batch_steps))
 
-        # Networks: the actor sees local observations; the critic the state (MAPPO) or them (IPPO).
+        # Networks: one actor per group (local observations); per team, a critic on the state
+        # (MAPPO) or on each agent's own observation (IPPO), its value normalization and optimizer.
         init = torch.Generator().manual_seed(seed)
-        self.actor = Actor(self.num_agents, self.obs_dim, env.act_dim, continuous=env.continuous_actions,
-                           share_params=cfg.share_params, hidden=cfg.hidden, action_sizes=action_sizes(env), generator=init)
-        if cfg.central_critic:
-            self.critic: nn.Module = CentralCritic(self.num_agents, self.state_dim, cfg.hidden, generator=init)
-        else:
-            self.critic = LocalCritic(self.num_agents, self.obs_dim, share_params=cfg.share_params, hidden=cfg.hidden, generator=init)
-        self.actor.to(self.device)
-        self.critic.to(self.device)
-        self.value_norm = ValueNorm().to(self.device)
-        self.params = [*self.actor.parameters(), *self.critic.parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=1e-5)
+        self.groups = groups_of(env, env_teams(cfg))
+        self.actor = GroupedActor(self.groups, self.num_agents, share_params=cfg.share_params, hidden=cfg.hidden,
+                                  encoder=cfg.encoder, generator=init).to(self.device)
+        self.teams: dict[str, list[int]] = {}
+        for g in self.groups:
+            self.teams.setdefault(g.team, []).extend(g.agents)
+        self.team_index = [torch.tensor(sorted(a), dtype=torch.long, device=self.device) for a in self.teams.values()]
+        self.critics = nn.ModuleList()
+        for idx in self.team_index:
+            n = len(idx)
+            critic = CentralCritic(n, self.state_dim, cfg.hidden, generator=init) if cfg.central_critic else \
+                LocalCritic(n, self.obs_dim, share_params=cfg.share_params, hidden=cfg.hidden, generator=init)
+            self.critics.append(critic.to(self.device))
+        self.value_norms = nn.ModuleList(ValueNorm() for _ in self.teams).to(self.device)
+        self.team_params = []
+        for team, critic in zip(self.teams, self.critics, strict=True):
+            actors = [a for g, a in zip(self.groups, self.actor.actors, strict=True) if g.team == team]
+            self.team_params.append([p for m in (*actors, critic) for p in m.parameters()])
+        self.optimizers = [torch.optim.Adam(ps, lr=cfg.lr, eps=1e-5) for ps in self.team_params]
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
 
         # Loop state.
         self.update_index = 0
         self.obs = env.reset(seed=seed)[0].float()
         self.state = env.state().float()
-        self.episode_return = torch.zeros(cfg.num_envs, device=self.device)
+        self.active = self._active_of(env)
+        self.episode_return = torch.zeros(cfg.num_envs, self.num_agents, device=self.device)
+
+    @property
+    def critic(self) -> nn.Module:
+        """The critic of the only team (see :attr:`critics` for several)."""
+        return self.critics[0]
+
+    def _active_of(self, env: Any, infos: dict[str, Any] | None = None) -> torch.Tensor:
+        if infos is not None and "active" in infos:
+            return infos["active"].to(self.device)
+        if hasattr(env, "active"):
+            return env.active.to(self.device)
+        return torch.ones(self.cfg.num_envs, self.num_agents, dtype=torch.bool, device=self.device)
 
     # -- what the critic reads ---------------------------------------------------------------
     def value(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """Critic output [..., N] (normalized when value_norm is on)."""
-        return self.critic(state) if self.cfg.central_critic else self.critic(obs)
+        """Critic outputs [..., N] (each team's own, normalized when value_norm is on)."""
+        out = torch.zeros(*obs.shape[:-1], device=obs.device)
+        for idx, critic in zip(self.team_index, self.critics, strict=True):
+            out[..., idx] = critic(state) if self.cfg.central_critic else critic(obs.index_select(-2, idx))
+        return out
 
     def _denorm(self, v: torch.Tensor) -> torch.Tensor:
-        return self.value_norm.denormalize(v) if self.cfg.value_norm else v
-
-    def sample(self, dist: torch.distributions.Distribution) -> torch.Tensor:
-        """Samples actions with the run's own generator (never the global one)."""
-        if self.actor.continuous:
-            noise = torch.randn(dist.mean.shape, generator=self.generator, device=self.device)
-            return dist.mean + dist.stddev * noise
-        probs = dist.probs.reshape(-1, dist.probs.shape[-1])
-        return torch.multinomial(probs, 1, generator=self.generator).view(dist.probs.shape[:-1])
+        if not self.cfg.value_norm:
+            return v
+        out = v.clone()
+        for idx, norm in zip(self.team_index, self.value_norms, strict=True):
+            out[..., idx] = norm.denormalize(v[..., idx])
+        return out
 
     # -- phase 1: collect ----------------------------------------------------------------------
     @torch.no_grad()
@@ -156,57 +194,68 @@ class MAPPO:
         buf: dict[str, Any] = {
             "obs": torch.zeros(T, B, N, self.obs_dim, device=dev),
             "state": torch.zeros(T, B, self.state_dim, device=dev),
+            "action": torch.zeros(T, B, N, self.actor.act_width, device=dev),
+            "active": torch.zeros(T, B, N, dtype=torch.bool, device=dev),
             "logprob": torch.zeros(T, B, N, device=dev),
             "value": torch.zeros(T, B, N, device=dev),
-            "next_value": torch.zeros(T, B, N, device=dev),
             "reward": torch.zeros(T, B, N, device=dev),
             "terminated": torch.zeros(T, B, N, dtype=torch.bool, device=dev),
             "truncated": torch.zeros(T, B, N, dtype=torch.bool, device=dev),
             "done": torch.zeros(T, B, dtype=torch.bool, device=dev),
             "final_value": torch.zeros(T, B, N, device=dev),
         }
-        actions = []
-        finished: list[float] = []
+        finished: list[torch.Tensor] = []
         for t in range(T):
-            buf["obs"][t], buf["state"][t] = self.obs, self.state
-            dist = self.actor.distribution(self.obs)
-            action = self.sample(dist)
-            buf["logprob"][t] = self.actor.log_prob_entropy(dist, action)[0]
+            buf["obs"][t], buf["state"][t], buf["active"][t] = self.obs, self.state, self.active
+            action = self.actor.sample(self.obs, self.generator)
+            buf["action"][t] = action
+            buf["logprob"][t] = self.actor.log_prob_entropy(self.obs, action)[0]
             buf["value"][t] = self._denorm(self.value(self.obs, self.state))
-            actions.append(action)
-            obs, reward, terminated, truncated, infos = self.env.step(action)
-            buf["reward"][t], buf["terminated"][t], buf["truncated"][t] = reward.float(), terminated, truncated
+            obs, reward, terminated, truncated, infos = self.env.step(self.actor.to_env(action))
+            reward = reward.float() * self.active  # a departed agent earns nothing
+            buf["reward"][t], buf["terminated"][t], buf["truncated"][t] = reward, terminated, truncated
             done = infos["done"]
             buf["done"][t] = done
-            self.episode_return += reward.float().mean(dim=1)
+            self.episode_return += reward
             if bool(done.any()):
                 # The value of the state an episode ended in, for bootstrapping a truncation.
                 final = self._denorm(self.value(infos["final_observation"].float(), infos["final_state"].float()))
                 buf["final_value"][t] = final
-                finished.extend(self.episode_return[done].tolist())
-                self.episode_return = torch.where(done, torch.zeros_like(self.episode_return), self.episode_return)
+                finished.append(self.episode_return[done].cpu())
+                self.episode_return = torch.where(done.unsqueeze(1), torch.zeros_like(self.episode_return), self.episode_return)
             self.obs, self.state = obs.float(), self.env.state().float()
+            self.active = self._active_of(self.env, infos)
         last_value = self._denorm(self.value(self.obs, self.state))
         following = torch.cat((buf["value"][1:], last_value.unsqueeze(0)))
         buf["next_value"] = torch.where(buf["done"].unsqueeze(-1), buf["final_value"], following)
-        buf["action"] = torch.stack(actions)
-        buf["episode_returns"] = finished
+        buf["episode_returns"] = torch.cat(finished) if finished else torch.zeros(0, N)
         return buf
 
     # -- phase 2: advantages -------------------------------------------------------------------
     def advantages(self, buf: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAE per agent: bootstraps on truncation, not on termination."""
+        """GAE per agent: bootstraps on truncation, not on termination; zero where inactive."""
         return compute_gae(buf["reward"], buf["value"], buf["next_value"], buf["terminated"], buf["truncated"],
-                           self.cfg.gamma, self.cfg.gae_lambda)
+                           self.cfg.gamma, self.cfg.gae_lambda, active=buf["active"])
 
     # -- phase 3: update -----------------------------------------------------------------------
     def update(self, buf: dict[str, Any]) -> dict[str, float]:
-        """PPO epochs over minibatches of environments (each keeps its whole rollout)."""
+        """PPO epochs over minibatches of environments (each keeps its whole rollout).
+
+        Each team's losses are means over its active agent-steps only; one backward pass
+        serves every team (their parameters are disjoint), then each team clips its own
+        gradient and steps its own optimizer.
+        """
         cfg = self.cfg
         adv, returns = self.advantages(buf)
+        active = buf["active"]
+        targets = returns
         if cfg.value_norm:
-            self.value_norm.update(returns)
-        targets = self.value_norm.normalize(returns) if cfg.value_norm else returns
+            targets = returns.clone()
+            for idx, norm in zip(self.team_index, self.value_norms, strict=True):
+                live = active[..., idx]
+                if bool(live.any()):
+                    norm.update(returns[..., idx][live])
+                targets[..., idx] = norm.normalize(returns[..., idx])
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
         count = 0
         per_mb = math.ceil(cfg.num_envs / cfg.num_minibatches)
@@ -215,62 +264,101 @@ class MAPPO:
             for start in range(0, cfg.num_envs, per_mb):
                 idx = order[start:start + per_mb]
                 obs, state = buf["obs"][:, idx], buf["state"][:, idx]
-                dist = self.actor.distribution(obs)
-                logprob, entropy = self.actor.log_prob_entropy(dist, buf["action"][:, idx])
+                logprob, entropy = self.actor.log_prob_entropy(obs, buf["action"][:, idx])
                 log_ratio = logprob - buf["logprob"][:, idx]
                 ratio = log_ratio.exp()
-                a = adv[:, idx]
-                a = (a - a.mean()) / (a.std() + 1e-8)
-                policy_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                value_loss = 0.5 * (self.value(obs, state) - targets[:, idx]).pow(2).mean()
-                loss = policy_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * value_loss
-                self.optimizer.zero_grad()
+                values = self.value(obs, state)
+                mask = active[:, idx].float()
+                loss = torch.zeros((), device=self.device)
+                parts = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+                for team in self.team_index:
+                    m = mask[..., team]
+                    cnt = m.sum().clamp(min=1.0)
+                    a = adv[:, idx][..., team]
+                    mean = (a * m).sum() / cnt
+                    std = (((a - mean) ** 2 * m).sum() / cnt).sqrt()
+                    a = (a - mean) / (std + 1e-8)
+                    r, lr_ = ratio[..., team], log_ratio[..., team]
+                    pl = (torch.max(-a * r, -a * r.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)) * m).sum() / cnt
+                    vl = 0.5 * ((values[..., team] - targets[:, idx][..., team]).pow(2) * m).sum() / cnt
+                    ent = (entropy[..., team] * m).sum() / cnt
+                    loss = loss + pl - cfg.ent_coef * ent + cfg.vf_coef * vl
+                    with torch.no_grad():
+                        parts["policy_loss"] += pl.item()
+                        parts["value_loss"] += vl.item()
+                        parts["entropy"] += ent.item()
+                        parts["approx_kl"] += ((((r - 1) - lr_) * m).sum() / cnt).item()
+                        parts["clipfrac"] += ((((r - 1).abs() > cfg.clip_coef).float() * m).sum() / cnt).item()
+                for opt in self.optimizers:
+                    opt.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                with torch.no_grad():
-                    stats["policy_loss"] += policy_loss.item()
-                    stats["value_loss"] += value_loss.item()
-                    stats["entropy"] += entropy.mean().item()
-                    stats["approx_kl"] += ((ratio - 1) - log_ratio).mean().item()
-                    stats["clipfrac"] += ((ratio - 1).abs() > cfg.clip_coef).float().mean().item()
+                for params, opt in zip(self.team_params, self.optimizers, strict=True):
+                    nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    opt.step()
+                for k, v in parts.items():
+                    stats[k] += v / len(self.team_index)
                 count += 1
         return {k: v / count for k, v in stats.items()}
 
     # -- one iteration -------------------------------------------------------------------------
     def train_iteration(self) -> dict[str, Any]:
-        """Anneals the learning rate, collects, updates; returns the iteration's metrics."""
+        """Anneals the learning rate, collects, updates; returns the iteration's metrics.
+
+        ``train_return`` is the mean per-agent return of the episodes that ended (one team);
+        with several teams, ``train_return_TEAM`` per team instead (opponents never averaged).
+        """
         if self.cfg.anneal_lr:
-            self.optimizer.param_groups[0]["lr"] = self.cfg.lr * (1.0 - self.update_index / self.num_updates)
+            for opt in self.optimizers:
+                opt.param_groups[0]["lr"] = self.cfg.lr * (1.0 - self.update_index / self.num_updates)
         buf = self.collect()
         stats = self.update(buf)
         self.update_index += 1
-        returns = buf["episode_returns"]
-        return {
+        returns = buf["episode_returns"]  # [episodes, N]
+        out: dict[str, Any] = {
             "update": self.update_index,
             "env_steps": self.update_index * self.batch_steps,
-            "episodes": len(returns),
-            "train_return": sum(returns) / len(returns) if returns else None,
-            **stats,
+            "episodes": int(returns.shape[0]),
         }
+        for key, value in self.team_returns(returns).items():
+            out[f"train_{key}"] = value
+        return {**out, **stats}
+
+    def team_returns(self, returns: torch.Tensor) -> dict[str, float | None]:
+        """``return`` (one team) or ``return_TEAM`` (several): mean per-agent return over episodes."""
+        names = list(self.teams)
+        out: dict[str, float | None] = {}
+        for name, idx in zip(names, self.team_index, strict=True):
+            key = "return" if len(names) == 1 else f"return_{name}"
+            out[key] = returns[:, idx.cpu()].mean().item() if returns.shape[0] else None
+        return out
 
     @torch.no_grad()
     def greedy_policy(self, obs: torch.Tensor) -> torch.Tensor:
         """Each agent's most likely action from its own observation: the policy at execution."""
-        return self.actor.greedy(obs.to(self.device).float())
+        return self.actor.to_env(self.actor.greedy(obs.to(self.device).float()))
+
+    def save_policy(self, directory: Any) -> Any:
+        """Saves the actor and what rebuilds it (:func:`marl.policy.save_policy`)."""
+        cfg = self.cfg
+        return save_policy(directory, self.actor, {
+            "env": cfg.env, "env_kwargs": cfg.env_kwargs, "backend": cfg.backend, "agents": list(self.env.possible_agents), "obs_dim": self.obs_dim,
+            "hidden": cfg.hidden, "share_params": cfg.share_params, "encoder": cfg.encoder,
+            "central_critic": cfg.central_critic, "update": self.update_index, "env_steps": self.update_index * self.batch_steps,
+        })
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly."""
         return {
             "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "value_norm": self.value_norm.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "critics": [c.state_dict() for c in self.critics],
+            "value_norms": [v.state_dict() for v in self.value_norms],
+            "optimizers": [o.state_dict() for o in self.optimizers],
             "generator": self.generator.get_state(),
             "env": self.env.get_state(),
             "obs": self.obs.cpu(),
             "state": self.state.cpu(),
+            "active": self.active.cpu(),
             "episode_return": self.episode_return.cpu(),
             "update_index": self.update_index,
         }
@@ -278,12 +366,16 @@ class MAPPO:
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`."""
         self.actor.load_state_dict(saved["actor"])
-        self.critic.load_state_dict(saved["critic"])
-        self.value_norm.load_state_dict(saved["value_norm"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        for module, sd in zip(self.critics, saved["critics"], strict=True):
+            module.load_state_dict(sd)
+        for module, sd in zip(self.value_norms, saved["value_norms"], strict=True):
+            module.load_state_dict(sd)
+        for opt, sd in zip(self.optimizers, saved["optimizers"], strict=True):
+            opt.load_state_dict(sd)
         self.generator.set_state(saved["generator"])
         self.env.load_state(saved["env"])
         self.obs = saved["obs"].to(self.device)
         self.state = saved["state"].to(self.device)
+        self.active = saved["active"].to(self.device)
         self.episode_return = saved["episode_return"].to(self.device)
         self.update_index = saved["update_index"]

@@ -78,48 +78,123 @@ class _AgentInputs(nn.Module):
         return torch.cat((obs, self.ids.to(obs.dtype).expand(*obs.shape[:-1], self.num_agents)), dim=-1)
 
 
-class Actor(nn.Module):
-    """Decentralized policies: agent i's action distribution from its own observation.
+class ImageEncoder(nn.Module):
+    """A small CNN for image observations ``[..., H*W*C]`` (flattened HWC) -> ``[..., hidden]``.
+
+    Nature-DQN-like strides sized to the image: two strided convolutions (kernel 3, stride 2
+    for images of at least 32 pixels a side, else stride 1), then a linear layer. Pixel values
+    are divided by ``scale`` (255 for uint8 images) first.
 
     Args:
-        num_agents: N.
-        obs_dim: Width of one agent's observation.
-        act_dim: Discrete actions (logits) or continuous dimensions (Gaussian means).
+        shape: The image shape (H, W, C) as the environment gives it.
+        hidden: Output width.
+        scale: Divisor of the raw values.
+        generator: Generator of the initial weights.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], hidden: int, scale: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        h, w, c = shape
+        self.shape = (h, w, c)
+        self.scale = scale
+        stride = 2 if min(h, w) >= 32 else 1
+        # Large images (cooperative_pong: 280x480) are pooled first: the policy needs positions,
+        # not every pixel, and the network then costs the same at any resolution.
+        self.pool = nn.AdaptiveAvgPool2d((min(h, 84), min(w, 84))) if max(h, w) > 84 else nn.Identity()
+        self.conv = nn.Sequential(nn.Conv2d(c, 16, 3, stride=stride), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=stride), nn.ReLU())
+        with torch.no_grad():
+            flat = self.conv(self.pool(torch.zeros(1, c, h, w))).numel()
+        self.out = nn.Linear(flat, hidden)
+        for m in [*self.conv, self.out]:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(m.weight.data.view(m.weight.shape[0], -1), gain=math.sqrt(2), generator=generator)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        h, w, c = self.shape
+        img = (x.reshape(-1, h, w, c) / self.scale).permute(0, 3, 1, 2)
+        return torch.relu(self.out(self.conv(self.pool(img)).flatten(1))).reshape(*lead, -1)
+
+
+class Actor(nn.Module):
+    """Decentralized policies of one group of agents with equal spaces.
+
+    Agent i's action distribution comes from its own observation only. Continuous actions
+    are a Gaussian over an unbounded ``u`` squashed by ``tanh`` into the Box's bounds, so every
+    action lies inside ``[low, high]``; :meth:`log_prob_entropy` includes the change of
+    variables, so the log-probability is that of the action actually sent.
+
+    Args:
+        num_agents: Agents in the group.
+        obs_dim: Width of one agent's (flattened) observation.
+        act_dim: Discrete actions (logits) or continuous dimensions.
         continuous: Gaussian policy instead of a categorical one.
-        share_params: One network for every agent, told apart by a one-hot id.
-        hidden: Hidden width.
-        action_sizes: Valid actions (or dimensions) of each agent, <= act_dim; the rest are masked.
+        share_params: One network for every agent of the group, told apart by a one-hot id.
+        hidden: Hidden width. Default 64.
+        low: Lower bounds of a continuous action (one per dimension); None: unbounded.
+        high: Upper bounds of a continuous action; None: unbounded.
+        image_shape: (H, W, C) of an image observation: a CNN encoder reads it first.
+        image_scale: Divisor of the image's values (255 for uint8). Default 1.
         generator: Generator of the initial weights.
     """
 
     def __init__(self, num_agents: int, obs_dim: int, act_dim: int, *, continuous: bool, share_params: bool,
-                 hidden: int = 64, action_sizes: list[int] | None = None, generator: torch.Generator | None = None) -> None:
+                 hidden: int = 64, low: list[float] | None = None, high: list[float] | None = None,
+                 image_shape: tuple[int, int, int] | None = None, image_scale: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.continuous = continuous
-        self.inputs = _AgentInputs(num_agents, share_params)
-        self.in_features = obs_dim + (num_agents if share_params else 0)
+        self.num_agents = num_agents
+        self.obs_dim = obs_dim
+        share_ids = share_params and num_agents > 1
+        self.inputs = _AgentInputs(num_agents, share_ids)
+        self.encoder = ImageEncoder(image_shape, hidden, image_scale, generator=generator) if image_shape else None
+        feat = hidden if image_shape else obs_dim
+        self.in_features = feat + (num_agents if share_ids else 0)
         self.net = agent_mlp(1 if share_params else num_agents, self.in_features, hidden, act_dim, out_gain=0.01, generator=generator)
-        sizes = action_sizes or [act_dim] * num_agents
-        self.register_buffer("valid", torch.arange(act_dim).unsqueeze(0) < torch.tensor(sizes).unsqueeze(1))
+        self.bounded = continuous and low is not None and high is not None
+        if self.bounded:
+            lo = torch.tensor(low, dtype=torch.float32)
+            hi = torch.tensor(high, dtype=torch.float32)
+            self.register_buffer("center", (hi + lo) / 2)
+            self.register_buffer("half_range", (hi - lo) / 2)
         if continuous:
             self.log_std = nn.Parameter(torch.full((num_agents, act_dim), -0.5))
 
     def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
-        """The action distribution of every agent; ``obs`` is [..., N, obs_dim]."""
-        out = self.net(self.inputs(obs))
+        """The distribution of every agent (over ``u`` before squashing); ``obs`` is [..., n, obs_dim]."""
+        x = self.encoder(obs) if self.encoder is not None else obs
+        out = self.net(self.inputs(x))
         if self.continuous:
             return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
-        return torch.distributions.Categorical(logits=out.masked_fill(~self.valid, -1e9))
+        return torch.distributions.Categorical(logits=out)
 
     def log_prob_entropy(self, dist: torch.distributions.Distribution, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability of ``actions`` and entropy per agent, over valid dimensions only."""
+        """Log-probability of ``actions`` (``u`` for continuous ones) and entropy, per agent.
+
+        For a squashed Gaussian, ``a = center + half_range * tanh(u)`` has density
+        ``N(u) / prod(half_range * (1 - tanh(u)^2))``; the entropy is the Gaussian's (the
+        squashed one has no closed form; this is the usual bonus).
+        """
         if self.continuous:
-            mask = self.valid.to(actions.dtype)
-            return (dist.log_prob(actions) * mask).sum(-1), (dist.entropy() * mask).sum(-1)
-        return dist.log_prob(actions), dist.entropy()
+            logp = dist.log_prob(actions)
+            if self.bounded:
+                # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), stable for large |u|.
+                log_det = 2.0 * (math.log(2.0) - actions - nn.functional.softplus(-2.0 * actions))
+                logp = logp - log_det - self.half_range.log()
+            return logp.sum(-1), dist.entropy().sum(-1)
+        return dist.log_prob(actions.long()), dist.entropy()
+
+    def to_env(self, actions: torch.Tensor) -> torch.Tensor:
+        """What the environment receives: ``u`` squashed into the bounds (continuous) or the index."""
+        if self.bounded:
+            return self.center + self.half_range * torch.tanh(actions)
+        return actions
 
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
-        """The most likely action of every agent (the mean for continuous actions)."""
+        """The most likely action of every agent (the mean ``u`` for continuous actions)."""
         dist = self.distribution(obs)
         return dist.mean if self.continuous else dist.logits.argmax(-1)
 

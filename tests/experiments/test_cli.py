@@ -42,7 +42,7 @@ def test_in_process_errors_exit_2(tmp_path, capsys):
     cases = [
         (["run", str(bad_kind)], "unknown experiment kind 'swarmz'"),
         (["run", "rollout_spread", "episodes=lots"], "expected int"),
-        (["run", "rollout_spread", "policies=[random, greedy]"], "expected list[one of 'random', 'noop']"),
+        (["run", "rollout_spread", "policies=[random, greedy]"], "expected list[one of 'random', 'noop', 'saved']"),
         (["resume", str(tmp_path / "nowhere")], "does not exist"),
         (["resume", str(tmp_path)], "not a run directory"),
         (["gallery", str(tmp_path / "nowhere")], "not a directory"),

@@ -24,17 +24,19 @@ def _train(cfg: MAPPOConfig) -> tuple[MAPPO, list[dict]]:
     return trainer, metrics
 
 
-CASES = [(env_id, True) for env_id in envs.registered()] + [("mpe/simple_spread-v3", False)]
+CASES = [(env_id, True) for env_id in envs.registered() if not env_id.startswith("toy/")] + [("mpe/simple_spread-v3", False)]
+# Smaller images and episodes keep a smoke run of the image environment to seconds.
+KWARGS = {"butterfly/cooperative_pong-v6": {"render_ratio": 8, "max_cycles": 30}}
 
 
 @pytest.mark.parametrize(("env_id", "central"), CASES)
 def test_parallel_env_backend(env_id: str, central: bool) -> None:
-    cfg = MAPPOConfig(env=env_id, backend="parallel", num_envs=2, num_minibatches=1, rollout_steps=50, total_steps=200,
-                      central_critic=central, share_params=not central, update_epochs=1)
+    cfg = MAPPOConfig(env=env_id, backend="parallel", num_envs=2, num_minibatches=1, rollout_steps=25, total_steps=100,
+                      central_critic=central, share_params=not central, update_epochs=1, env_kwargs=KWARGS.get(env_id, {}))
     trainer, metrics = _train(cfg)
     assert len(metrics) == 2
     obs = trainer.env.reset(seed=0)[0]
-    assert trainer.greedy_policy(obs).shape == (2, trainer.num_agents)
+    assert trainer.greedy_policy(obs).shape[:2] == (2, trainer.num_agents)
 
 
 @pytest.mark.parametrize("continuous", [False, True])

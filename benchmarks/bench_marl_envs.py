@@ -1,0 +1,121 @@
+"""MAPPO on environments it was not tuned for: greedy return against random at a fixed budget.
+
+For each environment, MAPPO (central critic, parameters shared per group, the project's
+default hyperparameters unless stated) trains for a fixed number of environment steps (stated
+in each line as ``budget_steps``), then its greedy policy and the random policy play the same
+``episodes`` evaluation episodes (seed 10000). One JSON line per environment (per team for
+competitive ones: the headline never averages opponents) with ``ours`` (MAPPO's mean
+per-agent return), ``reference`` (random's), ``margin`` = ours - reference, the training's
+environment steps per second and its wall time. ``ratio`` is ours / reference when both are
+positive, reference / ours when both are negative (above 1: MAPPO better), else null.
+
+Then, for the non-batched pursuit and knights_archers_zombies, the same training with the
+copies stepped in ``workers`` processes against all in one process: training env-steps/s
+end to end, ours (workers) / reference (one process), with the cores this machine has.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.common import parse_args
+from marl.evaluate import evaluate, random_policy
+from marl.kinds import team_indices
+from marl.mappo import MAPPO, MAPPOConfig, make_batched_env
+
+EVAL_SEED = 10_000
+
+# name, env id, env kwargs, backend, budget (env steps), quick budget, eval episodes, config overrides
+CASES: list[tuple[str, str, dict[str, Any], str, int, int, int, dict[str, Any]]] = [
+    ("simple_spread", "mpe/simple_spread-v3", {}, "vec", 400_000, 20_000, 100, {}),
+    ("simple_reference", "mpe/simple_reference-v3", {}, "parallel", 100_000, 4_000, 32, {"num_envs": 16}),
+    ("simple_speaker_listener", "mpe/simple_speaker_listener-v4", {}, "parallel", 100_000, 4_000, 32, {"num_envs": 16}),
+    ("simple_tag", "mpe/simple_tag-v3", {}, "parallel", 60_000, 4_000, 32, {"num_envs": 16}),
+    ("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}, "parallel", 40_000, 2_000, 16,
+     {"num_envs": 16, "rollout_steps": 50, "workers": 2}),
+    ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200}, "parallel", 60_000, 4_000, 16,
+     {"num_envs": 16, "rollout_steps": 50, "workers": 2, "lr": 1e-3}),
+    ("multiwalker", "sisl/multiwalker-v9", {"max_cycles": 200}, "parallel", 60_000, 4_000, 16,
+     {"num_envs": 16, "rollout_steps": 50, "workers": 2, "lr": 1e-3, "gamma": 0.99}),
+    ("cooperative_pong", "butterfly/cooperative_pong-v6", {"max_cycles": 200, "render_ratio": 4}, "parallel", 20_000, 1_000, 8,
+     {"num_envs": 8, "rollout_steps": 32, "workers": 2, "num_minibatches": 2, "lr": 5e-4}),
+]
+
+
+def line(**values: Any) -> None:
+    print(json.dumps(values), flush=True)
+
+
+def ratio(ours: float, ref: float) -> float | None:
+    if ours > 0 and ref > 0:
+        return round(ours / ref, 4)
+    if ours < 0 and ref < 0:
+        return round(ref / ours, 4)
+    return None
+
+
+def train_case(cfg: MAPPOConfig, episodes: int | None) -> dict[str, Any]:
+    """Trains ``cfg`` for its budget; with ``episodes``, evaluates greedy and random afterwards."""
+    t0 = time.perf_counter()
+    trainer = MAPPO(cfg, seed=0)
+    for _ in range(trainer.num_updates):
+        trainer.train_iteration()
+    wall = time.perf_counter() - t0
+    steps = trainer.update_index * trainer.batch_steps
+    out: dict[str, Any] = {"env_steps": steps, "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 1)}
+    trainer.env.close()
+    if episodes:
+        eval_env = make_batched_env(cfg.model_copy(update={"workers": 0}), episodes, EVAL_SEED)
+        teams = team_indices(cfg, eval_env)
+        out["teams"] = teams
+        out["greedy"] = evaluate(trainer.greedy_policy, eval_env, EVAL_SEED, teams)
+        out["random"] = evaluate(random_policy(eval_env, 0), eval_env, EVAL_SEED, teams)
+        eval_env.close()
+    return out
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument("--only", nargs="*", help="case names to run"))
+    torch.set_num_threads(1)
+    cores = os.cpu_count()
+    for name, env_id, kwargs, backend, budget, quick_budget, episodes, over in CASES:
+        if args.only and name not in args.only:
+            continue
+        steps = quick_budget if args.quick else budget
+        base = {"num_envs": 32, "rollout_steps": 25, "num_minibatches": 4} if backend == "parallel" else {}
+        cfg = MAPPOConfig(env=env_id, env_kwargs=kwargs, backend=backend, total_steps=steps, **{**base, **over})
+        res = train_case(cfg, 4 if args.quick else episodes)
+        for team in res["teams"]:
+            sfx = "" if len(res["teams"]) == 1 else f"_{team}"
+            ours, ref = res["greedy"][f"return{sfx}"], res["random"][f"return{sfx}"]
+            line(bench="marl_envs", case=name + (f" [{team}]" if sfx else ""), unit="greedy per-agent return",
+                 ours=round(ours, 3), reference=round(ref, 3), ratio=ratio(ours, ref), reference_name="random policy",
+                 margin=round(ours - ref, 3), ours_std=round(res["greedy"][f"return_std{sfx}"], 3),
+                 reference_std=round(res["random"][f"return_std{sfx}"], 3), budget_steps=res["env_steps"],
+                 env_kwargs=kwargs, num_envs=cfg.num_envs, workers=cfg.workers, env_steps_per_s=res["steps_per_s"],
+                 wall_s=res["wall_s"], eval_episodes=4 if args.quick else episodes, cores=cores)
+    # Throughput of non-batched envs: copies in worker processes vs all in this process.
+    for name, env_id, kwargs in (("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}),
+                                 ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200})):
+        if args.only and name not in args.only:
+            continue
+        steps = 1_600 if args.quick else 16_000
+        rates = {}
+        for workers in (0, 2):
+            cfg = MAPPOConfig(env=env_id, env_kwargs=kwargs, backend="parallel", total_steps=steps, num_envs=16,
+                              rollout_steps=50, num_minibatches=4, workers=workers)
+            rates[workers] = train_case(cfg, None)
+        ours, ref = rates[2]["steps_per_s"], rates[0]["steps_per_s"]
+        line(bench="marl_envs", case=f"{name} training throughput", unit="env-steps/s", ours=ours, reference=ref,
+             ratio=round(ours / ref, 4), reference_name="same training, copies stepped in one process",
+             workers=2, cores=cores, budget_steps=rates[2]["env_steps"], wall_s=rates[2]["wall_s"],
+             reference_wall_s=rates[0]["wall_s"])
+
+
+if __name__ == "__main__":
+    main()
