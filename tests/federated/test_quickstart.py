@@ -79,8 +79,8 @@ def test_flwr_run_trains_the_quickstart_with_secure_aggregation(tmp_path: Path) 
     assert done.returncode == 0, log[-4000:]
     final = re.search(r"final: test_acc=([\d.]+) test_loss=([\d.]+) survivors=(\d+) rounds=2", log)
     assert final is not None, log[-4000:]
-    assert float(final.group(1)) > 0.5  # two securely averaged rounds learn the digits well above chance (0.1)
-    assert 0 < float(final.group(2)) < 2.3  # below the loss of a uniform guess, ln 10
+    assert float(final.group(1)) > 0.8  # two securely averaged rounds learn the digits (chance: 0.1)
+    assert 0 < float(final.group(2)) < 1.0  # far below the loss of a uniform guess, ln 10 = 2.3
     assert int(final.group(3)) == 3
     assert (work / "final_model.pt").exists()
     assert leftover  # flwr left its local SuperLink running: found by its working directory, then stopped
