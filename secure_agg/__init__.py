@@ -51,7 +51,14 @@ from secure_agg.client import SecAggClient, validate_input
 from secure_agg.errors import SecAggError
 from secure_agg.graph import default_degree, random_harary_graph
 from secure_agg.quantize import Quantization, Quantizer
-from secure_agg.rounds import ADVERTISE_KEYS, CONSISTENCY_CHECK, MASKED_INPUT, ROUNDS, SHARE_KEYS, UNMASKING
+from secure_agg.rounds import (
+    ADVERTISE_KEYS,
+    CONSISTENCY_CHECK,
+    MASKED_INPUT,
+    ROUNDS,
+    SHARE_KEYS,
+    UNMASKING,
+)
 from secure_agg.server import SecAggServer
 from secure_agg.simulate import SimulationResult, simulate
 

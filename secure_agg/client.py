@@ -30,7 +30,14 @@ from secure_agg import crypto, shamir
 from secure_agg.errors import SecAggError
 from secure_agg.prg import MaskGenerator, reduce_mod, word_dtype
 from secure_agg.randomness import RandomSource
-from secure_agg.rounds import ADVERTISE_KEYS, CONSISTENCY_CHECK, DONE, MASKED_INPUT, SHARE_KEYS, UNMASKING
+from secure_agg.rounds import (
+    ADVERTISE_KEYS,
+    CONSISTENCY_CHECK,
+    DONE,
+    MASKED_INPUT,
+    SHARE_KEYS,
+    UNMASKING,
+)
 from secure_agg.wire import (
     SERVER,
     decode,

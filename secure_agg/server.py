@@ -41,7 +41,14 @@ from secure_agg.errors import SecAggError
 from secure_agg.graph import complete_graph, random_harary_graph
 from secure_agg.prg import MaskGenerator, reduce_mod, word_dtype
 from secure_agg.randomness import RandomSource
-from secure_agg.rounds import ADVERTISE_KEYS, CONSISTENCY_CHECK, DONE, MASKED_INPUT, SHARE_KEYS, UNMASKING
+from secure_agg.rounds import (
+    ADVERTISE_KEYS,
+    CONSISTENCY_CHECK,
+    DONE,
+    MASKED_INPUT,
+    SHARE_KEYS,
+    UNMASKING,
+)
 from secure_agg.wire import SERVER, open_signed, pack_blobs, pack_roster, seal
 
 

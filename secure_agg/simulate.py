@@ -18,7 +18,14 @@ from secure_agg.client import SecAggClient
 from secure_agg.errors import SecAggError
 from secure_agg.quantize import Quantization
 from secure_agg.randomness import RandomSource
-from secure_agg.rounds import ADVERTISE_KEYS, CONSISTENCY_CHECK, MASKED_INPUT, ROUNDS, SHARE_KEYS, UNMASKING
+from secure_agg.rounds import (
+    ADVERTISE_KEYS,
+    CONSISTENCY_CHECK,
+    MASKED_INPUT,
+    ROUNDS,
+    SHARE_KEYS,
+    UNMASKING,
+)
 from secure_agg.server import SecAggServer
 
 Tamper = Callable[[str, object, object, bytes], bytes]

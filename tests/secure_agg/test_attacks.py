@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from secure_agg import CONSISTENCY_CHECK, MASKED_INPUT, SecAggClient, SecAggError, SecAggServer, crypto, shamir, simulate
+from secure_agg import (
+    CONSISTENCY_CHECK,
+    MASKED_INPUT,
+    SecAggClient,
+    SecAggError,
+    SecAggServer,
+    crypto,
+    shamir,
+    simulate,
+)
 from secure_agg.client import SECRET_CHUNKS, certificate_digest, pair_sign, survivors_digest
 from secure_agg.prg import MaskGenerator
 from secure_agg.randomness import RandomSource

@@ -133,11 +133,11 @@ def test_fuzzed_sessions_end_exact_or_with_secagg_error(active: bool) -> None:
     pool: list[bytes] = []
     rounds_hit: set[tuple[str, bool]] = set()
     while mutations < 1000:
-        rate = float(rng.choice([0.04, 0.1, 0.25]))
+        rate = float(rng.choice([0.03, 0.15, 0.4]))
         vectors = [rng.integers(0, 1000, size=dim) for _ in range(n)]
         count = 0
 
-        def tamper(round_name, sender, recipient, data):
+        def tamper(round_name, sender, recipient, data, rate=rate):
             nonlocal count
             if len(pool) < 200:
                 pool.append(data)
