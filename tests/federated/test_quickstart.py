@@ -57,6 +57,7 @@ def _stop(procs: list[psutil.Process]) -> None:
             return
 
 
+@pytest.mark.timeout(600)  # flwr run's own limit is 540 s
 def test_flwr_run_trains_the_quickstart_with_secure_aggregation(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

@@ -26,6 +26,7 @@ def _base(folder: Path) -> FedSettings:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # each engine start takes up to minutes on a loaded 2-core machine
 def test_secure_run_stopped_in_round_3_and_resumed_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     base = _base(tmp_path / "interrupted")
     # Round 3: two of three clients fail, fewer than t survive: the round stops the run.
@@ -50,6 +51,7 @@ def test_secure_run_stopped_in_round_3_and_resumed_equals_the_uninterrupted_run(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # each engine start takes up to minutes on a loaded 2-core machine
 def test_a_secure_deployment_resumes_from_the_checkpoint(tmp_path: Path) -> None:
     # Round 1 on the simulation engine; round 2 on the deployment engine (SuperLink and
     # SuperNodes as processes), resuming from round 1's checkpoint: the checkpoint is the

@@ -123,7 +123,13 @@ def test_federated_kind_trains_the_user_task_exactly_like_a_plain_fedavg_loop(us
     import torch
 
     from federated.strategy import fedavg
-    from federated.task import UserTask, get_weights, numpy_to_weights, set_weights, weights_to_numpy
+    from federated.task import (
+        UserTask,
+        get_weights,
+        numpy_to_weights,
+        set_weights,
+        weights_to_numpy,
+    )
 
     rd = run({"kind": "federated", "task": user_task, "num_clients": 2, "rounds": 2, "local_epochs": 1,
               "lr": 0.1, "round_timeout": 300, "seed": 3}, out=tmp_path / "run", quiet=True)
