@@ -221,12 +221,19 @@ def _execute(
         bad = non_finite(headline)
         if bad:
             raise FloatingPointError(f"headline value {bad[0]!r} is {bad[1]}, not a finite number")
-    except (KeyboardInterrupt, RunInterrupted, SystemExit) as exc:  # Flower turns SIGTERM into SystemExit
+    except (KeyboardInterrupt, RunInterrupted, SystemExit) as exc:
+        # Ray's driver turns SIGTERM into sys.exit(15): that exit is an interruption; any other
+        # SystemExit is a failure of the experiment.
+        if isinstance(exc, SystemExit) and exc.code not in (signal.SIGTERM, signal.SIGINT):
+            summary.update(status="failed", error=f"SystemExit: {exc.code}")
+            ctx.info("".join(traceback.format_exception(exc)))
+            exc.agora_rundir = rundir.path  # type: ignore[attr-defined]
+            raise
         if main:  # a second signal must not tear the summary being written
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_IGN)
         signum = exc.signum if isinstance(exc, RunInterrupted) else (
-            signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
+            signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.code))
         summary.update(status="interrupted", error=f"interrupted by {signal.Signals(signum).name}")
         ctx.info(f"interrupted by {signal.Signals(signum).name}")
         raise RunInterrupted(signum, rundir.path) from exc

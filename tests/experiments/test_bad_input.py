@@ -118,6 +118,7 @@ def test_bad_value_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, caps
     assert len(lines) == 1 or (lines[0].startswith("usage:") and len(lines) == 2), err
     assert message.lower() in lines[-1].lower(), lines[-1]
     assert len(lines[-1]) < 1200, "the error must stay a short line"
+    assert "config key ''" not in lines[-1], "a whole-config check must name its fields, not key ''"
     assert not out.exists(), "a run directory was created for a bad input"
     assert not Path("runs").exists() or not any(Path("runs").glob(f"{config}-*")), "a default run directory was created"
 

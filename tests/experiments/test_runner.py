@@ -16,7 +16,7 @@ def test_run_directory_layout(tmp_path):
     rd = runner.run(walk(), out=tmp_path / "r", quiet=True)
     assert {p.name for p in rd.path.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "figures", "checkpoints", "log.txt"}
     assert yaml.safe_load(rd.config_path.read_text()) == {
-        "kind": "test_walk", "seed": 0, "description": "", "steps": 12, "checkpoint_every": 3,
+        "kind": "test_walk", "seed": 0, "description": "", "imports": [], "steps": 12, "checkpoint_every": 3,
         "optim": {"lr": 0.5, "schedule": "const"},
     }
     s = rd.read_summary()
