@@ -11,13 +11,16 @@ positive, reference / ours when both are negative (above 1: MAPPO better), else 
 
 Then, for the non-batched pursuit and knights_archers_zombies, the same training with the
 copies stepped in ``workers`` processes against all in one process: training env-steps/s
-end to end, ours (workers) / reference (one process), with the cores this machine has.
+end to end, ours (workers) / reference (one process), with the cores this machine has, the
+CPU seconds of the main process and of the workers, and the load average (other processes on
+a shared machine take cores from both sides).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from typing import Any
 
@@ -32,17 +35,17 @@ EVAL_SEED = 10_000
 
 # name, env id, env kwargs, backend, budget (env steps), quick budget, eval episodes, config overrides
 CASES: list[tuple[str, str, dict[str, Any], str, int, int, int, dict[str, Any]]] = [
-    ("simple_spread", "mpe/simple_spread-v3", {}, "vec", 400_000, 20_000, 100, {}),
-    ("simple_reference", "mpe/simple_reference-v3", {}, "parallel", 100_000, 4_000, 32, {"num_envs": 16}),
-    ("simple_speaker_listener", "mpe/simple_speaker_listener-v4", {}, "parallel", 100_000, 4_000, 32, {"num_envs": 16}),
-    ("simple_tag", "mpe/simple_tag-v3", {}, "parallel", 60_000, 4_000, 32, {"num_envs": 16}),
-    ("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}, "parallel", 40_000, 2_000, 16,
+    ("simple_spread", "mpe/simple_spread-v3", {}, "vec", 200_000, 20_000, 100, {}),
+    ("simple_reference", "mpe/simple_reference-v3", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
+    ("simple_speaker_listener", "mpe/simple_speaker_listener-v4", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
+    ("simple_tag", "mpe/simple_tag-v3", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
+    ("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}, "parallel", 10_000, 2_000, 16,
      {"num_envs": 16, "rollout_steps": 50, "workers": 2}),
-    ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200}, "parallel", 60_000, 4_000, 16,
+    ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200}, "parallel", 30_000, 4_000, 16,
      {"num_envs": 16, "rollout_steps": 50, "workers": 2, "lr": 1e-3}),
-    ("multiwalker", "sisl/multiwalker-v9", {"max_cycles": 200}, "parallel", 60_000, 4_000, 16,
+    ("multiwalker", "sisl/multiwalker-v9", {"max_cycles": 200}, "parallel", 30_000, 4_000, 16,
      {"num_envs": 16, "rollout_steps": 50, "workers": 2, "lr": 1e-3, "gamma": 0.99}),
-    ("cooperative_pong", "butterfly/cooperative_pong-v6", {"max_cycles": 200, "render_ratio": 4}, "parallel", 20_000, 1_000, 8,
+    ("cooperative_pong", "butterfly/cooperative_pong-v6", {"max_cycles": 200, "render_ratio": 4}, "parallel", 5_000, 1_000, 8,
      {"num_envs": 8, "rollout_steps": 32, "workers": 2, "num_minibatches": 2, "lr": 5e-4}),
 ]
 
@@ -59,16 +62,22 @@ def ratio(ours: float, ref: float) -> float | None:
     return None
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def train_case(cfg: MAPPOConfig, episodes: int | None) -> dict[str, Any]:
     """Trains ``cfg`` for its budget; with ``episodes``, evaluates greedy and random afterwards."""
-    t0 = time.perf_counter()
+    t0, cpu0, kids0 = time.perf_counter(), time.process_time(), _children_cpu()
     trainer = MAPPO(cfg, seed=0)
     for _ in range(trainer.num_updates):
         trainer.train_iteration()
     wall = time.perf_counter() - t0
+    trainer.env.close()  # joins the workers, so their CPU time is counted
     steps = trainer.update_index * trainer.batch_steps
-    out: dict[str, Any] = {"env_steps": steps, "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 1)}
-    trainer.env.close()
+    out: dict[str, Any] = {"env_steps": steps, "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 1),
+                           "main_cpu_s": round(time.process_time() - cpu0, 2), "worker_cpu_s": round(_children_cpu() - kids0, 2)}
     if episodes:
         eval_env = make_batched_env(cfg.model_copy(update={"workers": 0}), episodes, EVAL_SEED)
         teams = team_indices(cfg, eval_env)
@@ -90,6 +99,7 @@ def main() -> None:
         base = {"num_envs": 32, "rollout_steps": 25, "num_minibatches": 4} if backend == "parallel" else {}
         cfg = MAPPOConfig(env=env_id, env_kwargs=kwargs, backend=backend, total_steps=steps, **{**base, **over})
         res = train_case(cfg, 4 if args.quick else episodes)
+        load = round(os.getloadavg()[0], 2)
         for team in res["teams"]:
             sfx = "" if len(res["teams"]) == 1 else f"_{team}"
             ours, ref = res["greedy"][f"return{sfx}"], res["random"][f"return{sfx}"]
@@ -98,13 +108,13 @@ def main() -> None:
                  margin=round(ours - ref, 3), ours_std=round(res["greedy"][f"return_std{sfx}"], 3),
                  reference_std=round(res["random"][f"return_std{sfx}"], 3), budget_steps=res["env_steps"],
                  env_kwargs=kwargs, num_envs=cfg.num_envs, workers=cfg.workers, env_steps_per_s=res["steps_per_s"],
-                 wall_s=res["wall_s"], eval_episodes=4 if args.quick else episodes, cores=cores)
+                 wall_s=res["wall_s"], eval_episodes=4 if args.quick else episodes, cores=cores, load_average=load)
     # Throughput of non-batched envs: copies in worker processes vs all in this process.
     for name, env_id, kwargs in (("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}),
                                  ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200})):
         if args.only and name not in args.only:
             continue
-        steps = 1_600 if args.quick else 16_000
+        steps = 1_600 if args.quick else 4_000
         rates = {}
         for workers in (0, 2):
             cfg = MAPPOConfig(env=env_id, env_kwargs=kwargs, backend="parallel", total_steps=steps, num_envs=16,
@@ -114,7 +124,8 @@ def main() -> None:
         line(bench="marl_envs", case=f"{name} training throughput", unit="env-steps/s", ours=ours, reference=ref,
              ratio=round(ours / ref, 4), reference_name="same training, copies stepped in one process",
              workers=2, cores=cores, budget_steps=rates[2]["env_steps"], wall_s=rates[2]["wall_s"],
-             reference_wall_s=rates[0]["wall_s"])
+             reference_wall_s=rates[0]["wall_s"], main_cpu_s=rates[2]["main_cpu_s"], worker_cpu_s=rates[2]["worker_cpu_s"],
+             reference_cpu_s=rates[0]["main_cpu_s"], load_average=round(os.getloadavg()[0], 2))
 
 
 if __name__ == "__main__":

@@ -136,3 +136,22 @@ def test_worker_processes_train_exactly_as_one_process() -> None:
         finally:
             trainer.env.close()
     assert runs[0] == runs[1]
+
+
+def test_image_observations_get_a_cnn_and_stay_decentralized() -> None:
+    # cooperative_pong at render_ratio 8: each paddle sees a 70x120 RGB image (uint8).
+    from marl.parallel_batch import ParallelBatch
+    from marl.policy import GroupedActor, groups_of
+
+    batch = ParallelBatch("butterfly/cooperative_pong-v6", 1, render_ratio=8)
+    groups = groups_of(batch)
+    assert [(g.obs_shape, g.obs_scale) for g in groups] == [((70, 120, 3), 255.0)]
+    gen = torch.Generator().manual_seed(0)
+    cnn = GroupedActor(groups, 2, share_params=True, hidden=16, generator=gen)
+    mlp = GroupedActor(groups, 2, share_params=True, hidden=16, encoder="mlp", generator=gen)
+    assert cnn.actors[0].encoder is not None and mlp.actors[0].encoder is None
+    obs = (torch.rand(3, 2, batch.obs_dim, generator=gen) * 255).requires_grad_(True)
+    logp, _ = cnn.log_prob_entropy(obs, torch.zeros(3, 2, 1))
+    (grad,) = torch.autograd.grad(logp[:, 0].sum(), obs)
+    assert torch.all(grad[:, 1] == 0) and grad[:, 0].abs().sum() > 0  # paddle 0 reads its own image only
+    batch.close()
