@@ -134,3 +134,26 @@ def test_client_state_survives_serialization() -> None:
     unmask = server.unmasking_requests({u: clients[u].masked_input(m, vectors[u]) for u, m in masked.items()})
     total = server.aggregate({u: clients[u].unmasking(m) for u, m in unmask.items()})
     assert np.array_equal(total, np.sum(list(vectors.values()), axis=0))
+
+
+def test_active_client_state_survives_serialization_between_every_round() -> None:
+    from secure_agg import crypto
+
+    keys = [bytes([u + 1]) * 32 for u in range(4)]
+    trusted = [crypto.signing_public_key(k) for k in keys]
+    server = SecAggServer(list(range(4)), 3, 5, seed=0, active=True)
+    clients = {u: SecAggClient(u, seed=u, active=True, identity_key=keys[u], trusted_keys=trusted) for u in range(4)}
+    vectors = {u: np.arange(5) * (u + 1) for u in range(4)}
+
+    def step(name, requests, *args):
+        restored = {u: SecAggClient.from_bytes(clients[u].to_bytes()) for u in requests}
+        clients.update(restored)
+        return {u: getattr(clients[u], name)(m, *(a[u] for a in args)) for u, m in requests.items()}
+
+    replies = step("advertise_keys", server.advertise_keys_requests())
+    replies = step("share_keys", server.share_keys_requests(replies))
+    replies = step("masked_input", server.masked_input_requests(replies), vectors)
+    replies = step("consistency_check", server.consistency_check_requests(replies))
+    replies = step("unmasking", server.unmasking_requests(replies))
+    assert clients[0].active and clients[0].min_threshold == 2 / 3 and clients[0].trusted_keys == sorted(trusted)
+    assert np.array_equal(server.aggregate(replies), np.sum(list(vectors.values()), axis=0))
