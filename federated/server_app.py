@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from logging import INFO
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -158,6 +160,10 @@ def _tally(sent: int, replies: list[Message], strategy: Strategy) -> dict[str, A
     return {"replies": ok, "failures": max(sent - ok, 0), "slowest": max(seconds, default=0.0), "secure": out}
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None = None, *,
                strategy: Strategy | None = None, secagg: dict[str, Any] | None = None) -> dict[str, Any]:
     """Runs FedAvg for ``settings.num_server_rounds`` rounds on ``grid``, plain or secure.
@@ -234,6 +240,9 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
             "timing": {"round_seconds": time.perf_counter() - t0, "slowest_client_seconds": tally["slowest"]},
         }
         history.append(record)
+        # Flower's log: what `flwr run --stream` shows of each round.
+        log(INFO, "round %d/%d: test_acc %s, test_loss %s, %d replies, %d failures", server_round,
+            settings.num_server_rounds, _fmt(test_acc), _fmt(test_loss), tally["replies"], tally["failures"])
         if settings.checkpoint_dir:
             save_server_checkpoint(settings.checkpoint_dir, server_round, weights, history, strategy_state(strategy))
         if on_round:
