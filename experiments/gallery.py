@@ -13,7 +13,7 @@ from typing import Any
 
 from experiments.errors import UserError
 from experiments.kinds import AXES
-from experiments.rundir import RunDir, atomic_write_text
+from experiments.rundir import RunDir, atomic_write_text, pseudo_filesystem
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
@@ -60,9 +60,9 @@ def _check_out(out: Path) -> None:
         raise UserError(f"{where} is a directory; name the page to write (e.g. {str(out / 'gallery.html')!r})")
     if out.exists() and not out.is_file():
         raise UserError(f"{where} exists and is not a regular file")
-    resolved = out.resolve()
-    if resolved.parts[1:2] and resolved.parts[1] in ("proc", "sys", "dev"):
-        raise UserError(f"{where} is under /{resolved.parts[1]}, which holds no files")
+    special = pseudo_filesystem(out)
+    if special:
+        raise UserError(f"{where} is under {special}, which holds no files")
 
 
 def build(paths: list[str | Path], out: str | Path, *, title: str = "Agora gallery") -> Path:

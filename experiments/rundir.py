@@ -63,6 +63,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def pseudo_filesystem(path: str | Path) -> str | None:
+    """``/proc``, ``/sys`` or ``/dev`` when ``path`` lies under one (``/dev/shm`` is real), else None."""
+    parts = Path(path).resolve().parts
+    if len(parts) > 1 and parts[1] in ("proc", "sys", "dev") and parts[1:3] != ("dev", "shm"):
+        return f"/{parts[1]}"
+    return None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -144,9 +152,9 @@ class RunDir:
                 is a non-empty directory, or cannot be created or written.
         """
         where = f"output directory (--out) {str(self.path)!r}"
-        resolved = self.path.resolve()
-        if resolved.parts[1:2] and resolved.parts[1] in ("proc", "sys", "dev"):
-            raise UserError(f"{where} is under /{resolved.parts[1]}, which holds no files; choose a folder on disk")
+        special = pseudo_filesystem(self.path)
+        if special:
+            raise UserError(f"{where} is under {special}, which holds no files; choose a folder on disk")
         if self.path.exists() or self.path.is_symlink():
             if not self.path.is_dir():
                 raise UserError(f"{where} exists and is not a directory; choose a new folder")
