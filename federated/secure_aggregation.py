@@ -69,7 +69,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from secure_agg import Quantization, SecAggError, SecAggServer
-from secure_agg.wire import decode
+from secure_agg.wire import peek_signed
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,8 @@ class SecureAggregation(Strategy):
 
         The protocol refuses a malformed response with SecAggError and drops its sender; any
         other exception on a response is treated the same way here: the offending responses
-        are found by decoding each one, dropped, and the round is called again.
+        are found by reading each one as a signed reply (body plus 64-byte signature, checked
+        by the server itself on the second call), dropped, and the round is called again.
         """
         try:
             return server_method(responses)
@@ -435,7 +436,7 @@ class SecureAggregation(Strategy):
             clean = {}
             for pid, data in responses.items():
                 try:
-                    decode(data)
+                    peek_signed(data)
                     clean[pid] = data
                 except Exception as exc:
                     self.last_round.discarded[pid] = f"undecodable reply ({type(exc).__name__})"
