@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import socket
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,27 +39,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from envs.files import atomic_write_bytes
 from experiments import checkpoint as _ckpt
 from experiments.errors import UserError
 
 STATUSES = ("running", "complete", "failed", "interrupted")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def pseudo_filesystem(path: str | Path) -> str | None:

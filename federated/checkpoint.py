@@ -14,15 +14,14 @@ FedAvgM's momentum). Loading it never runs code.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from envs.files import atomic_write_bytes
 
 FILENAME = "fedavg_server.npz"
 FORMAT = "agora-fedavg-server-1"
@@ -31,21 +30,6 @@ FORMAT = "agora-fedavg-server-1"
 def checkpoint_path(directory: str | Path) -> Path:
     """Where the checkpoint of ``directory`` lives."""
     return Path(directory) / FILENAME
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def save_server_checkpoint(directory: str | Path, server_round: int, weights: dict[str, np.ndarray],
@@ -71,7 +55,7 @@ def save_server_checkpoint(directory: str | Path, server_round: int, weights: di
     np.savez(buf, meta=np.frombuffer(text.encode(), dtype=np.uint8),
              **{f"w{i}": np.asarray(weights[name]) for i, name in enumerate(names)},
              **{f"s{i}": np.asarray(value) for i, value in enumerate(state.values())})
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
