@@ -25,6 +25,10 @@ Three parts, one JSON line per case (see benchmarks/common.py):
    Targets: ours at most 1.05x the floor at 10 x 100k and 1.3x at 50 x 1M, faster than
    Flower's SecAgg+ in every case; ``active`` at most 1.5x the semi-honest round at 50 x 1M.
 
+``--parts``, ``--sizes`` and ``--workloads`` pick a subset (e.g. ``--parts flower --sizes 50x1000000
+--workloads zero-cost``). Every Flower line carries the 1-minute load average (``load_avg_1m``)
+and the line against the floor the median seconds of each secure phase (``secure_phases_s``).
+
 ``--quick`` shrinks every size (n = 20 / 50 with 20k entries, SecAgg+ at 1,000 clients,
 Flower at 5 x 10k, the negligible-cost update only); Ray's start-up alone takes 10-40 s per Flower simulation on a loaded
 2-core machine, so a quick run takes one to two minutes.
@@ -142,8 +146,11 @@ def _backend(num_cpus: int) -> dict[str, Any]:
                           "logging_level": "ERROR", "log_to_driver": False}}
 
 
-def _timed(cls: type, times: list[float]) -> type:
-    """``cls`` (a Message-API strategy) recording each round from configure_train to aggregate_train."""
+def _timed(cls: type, times: list[float], phases: list[dict[str, float]] | None = None) -> type:
+    """``cls`` (a Message-API strategy) recording each round from configure_train to aggregate_train.
+
+    ``phases``: for SecureAggregation, each round's ``last_round.seconds`` (where the time went).
+    """
 
     class Timed(cls):  # type: ignore[misc, valid-type]
         def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
@@ -153,6 +160,8 @@ def _timed(cls: type, times: list[float]) -> type:
         def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
             out = super().aggregate_train(server_round, replies)
             times.append(time.perf_counter() - self._t0)
+            if phases is not None and hasattr(self, "last_round"):
+                phases.append(dict(self.last_round.seconds))
             return out
 
     return Timed
@@ -181,7 +190,8 @@ def flower_ours(n: int, params: int, rounds: int, neighbours: int, threshold: fl
     from federated.simulation import run_apps
     from secure_agg import SecAggServer
 
-    times: dict[str, list[float]] = {"plain": [], "plain_fast": [], "floor": [], "secure": [], "active": []}
+    times: dict[str, Any] = {"plain": [], "plain_fast": [], "floor": [], "secure": [], "active": [],
+                             "secure_phases": [], "active_phases": []}
     has_active = "active" in inspect.signature(SecAggServer.__init__).parameters
 
     class OneMoreExchange(FedAvg):
@@ -227,9 +237,9 @@ def flower_ours(n: int, params: int, rounds: int, neighbours: int, threshold: fl
                 fast.aggregate_train(r, exchange(grid, list(fast.configure_train(r, arrays, ConfigRecord(), grid)), 600))
                 times["plain_fast"].append(time.perf_counter() - t0)
             _timed(OneMoreExchange, times["floor"])(**nodes).start(grid, arrays, num_rounds=rounds)
-            _timed(SecureFedAvg, times["secure"])(secagg, **nodes).start(grid, arrays, num_rounds=rounds)
+            _timed(SecureFedAvg, times["secure"], times["secure_phases"])(secagg, **nodes).start(grid, arrays, num_rounds=rounds)
             if has_active:
-                _timed(SecureFedAvg, times["active"])(active, **nodes).start(grid, arrays, num_rounds=rounds)
+                _timed(SecureFedAvg, times["active"], times["active_phases"])(active, **nodes).start(grid, arrays, num_rounds=rounds)
             sink.append(times)
         except Exception as exc:  # run_apps re-raises it in this process
             sink.append(exc)
@@ -305,12 +315,22 @@ def flower_legacy_secaggplus(n: int, params: int, rounds: int, num_shares: int, 
     return times
 
 
-def bench_flower(quick: bool) -> None:
+def _median_phases(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """The median seconds of each phase SecureAggregation timed, over the steady-state rounds."""
+    names = sorted({k for r in rounds for k in r})
+    return {k: round(statistics.median(r.get(k, 0.0) for r in rounds), 4) for k in names}
+
+
+FLOWER_CASES = {"10x100000": (10, 100_000, 10, 6), "50x1000000": (50, 1_000_000, 11, 6)}
+WORKLOADS = ("zero-cost", "digits")
+
+
+def bench_flower(quick: bool, sizes: list[str] | None = None, workloads: list[str] | None = None) -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     # (clients, parameters, SecAgg+ shares, threshold): Flower's share count and threshold; ours
     # uses the same number of share holders (neighbours = shares - 1) and the same t.
-    cases = [(5, 10_000, 5, 3)] if quick else [(10, 100_000, 10, 6), (50, 1_000_000, 11, 6)]
-    workloads = ["zero-cost"] if quick else ["zero-cost", "digits"]
+    cases = [(5, 10_000, 5, 3)] if quick else [FLOWER_CASES[k] for k in (sizes or FLOWER_CASES)]
+    workloads = ["zero-cost"] if quick else list(workloads or WORKLOADS)
     rounds = 3 if quick else 4
     for workload in workloads:
         for n, params, shares, t in cases:
@@ -325,7 +345,9 @@ def bench_flower(quick: bool) -> None:
             what = ("local update of negligible cost" if workload == "zero-cost" else
                     f"digits MLP 64-{hidden_for(params)}-10, 5 local epochs (federated.task)")
             case = f"flower {n}x{params} shares={shares} t={t} {workload}"
-            common = {"workload": what, "rounds": rounds, "secure_first_round_s": round(times["secure"][0], 4)}
+            # The machine is shared: the 1-minute load average at the end of the case goes with every number.
+            common = {"workload": what, "rounds": rounds, "secure_first_round_s": round(times["secure"][0], 4),
+                      "load_avg_1m": round(os.getloadavg()[0], 2)}
             emit(BENCH, case + " ours vs plain FedAvg", "s/round", s, p,
                  reference_name="Flower FedAvg, Message API, Flower's round loop (Strategy.start)",
                  higher_is_better=False, overhead=round(s / p, 3),
@@ -336,6 +358,7 @@ def bench_flower(quick: bool) -> None:
             emit(BENCH, case + " ours vs the one-extra-exchange floor", "s/round", s, fl,
                  reference_name="plain FedAvg + one exchange of empty messages (Strategy.start)",
                  higher_is_better=False, ours_over_floor=round(s / fl, 3),
+                 secure_phases_s=_median_phases(times["secure_phases"][1:]),
                  target_over_floor=1.05 if params <= 100_000 else 1.3, **common)
             if times["active"]:
                 act = statistics.median(times["active"][1:])
@@ -343,6 +366,7 @@ def bench_flower(quick: bool) -> None:
                      reference_name="ours, semi-honest (the default), same clients and rounds",
                      higher_is_better=False, active_over_semi_honest=round(act / s, 3),
                      target=1.5 if params >= 1_000_000 else None, active_first_round_s=round(times["active"][0], 4),
+                     active_phases_s=_median_phases(times["active_phases"][1:]),
                      **common)
             emit(BENCH, case + " ours vs plain FedAvg on our polling", "s/round", s, pf,
                  reference_name="the same FedAvg rounds pushed/pulled with SecureFedAvg's exchange()",
@@ -359,14 +383,23 @@ def main() -> None:
     def extra(p: Any) -> None:
         p.add_argument("--parts", default="protocol,plus,flower",
                        help=f"comma-separated parts to run, from {', '.join(PARTS)}")
+        p.add_argument("--sizes", default=",".join(FLOWER_CASES),
+                       help=f"flower part: comma-separated clients x params, from {', '.join(FLOWER_CASES)}")
+        p.add_argument("--workloads", default=",".join(WORKLOADS),
+                       help=f"flower part: comma-separated local updates, from {', '.join(WORKLOADS)}")
 
     args = parse_args(__doc__.splitlines()[0], extra)
-    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        sys.exit(f"--parts: unknown {unknown}; allowed: {', '.join(PARTS)}")
-    for name in parts:
-        PARTS[name](args.quick)
+    chosen = {}
+    for flag, allowed in (("parts", PARTS), ("sizes", FLOWER_CASES), ("workloads", WORKLOADS)):
+        chosen[flag] = [x.strip() for x in getattr(args, flag).split(",") if x.strip()]
+        unknown = sorted(set(chosen[flag]) - set(allowed))
+        if unknown:
+            sys.exit(f"--{flag}: unknown {unknown}; allowed: {', '.join(allowed)}")
+    for name in chosen["parts"]:
+        if name == "flower":
+            bench_flower(args.quick, chosen["sizes"], chosen["workloads"])
+        else:
+            PARTS[name](args.quick)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,18 @@ Each seed is used as an AES key exactly once per purpose, so the fixed counter s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secure_agg.errors import SecAggError
+
+# Words per chunk of add_many: 32k words (128 kB at uint32) keep the keystream and the
+# accumulator's slice in L2 between the AES write and the add, which made the eleven mask
+# streams of a SecAgg+ client at 1M words about twice as fast as whole-vector streams.
+CHUNK_WORDS = 1 << 15
 
 
 def word_dtype(bits: int) -> np.dtype:
@@ -46,15 +54,19 @@ class MaskGenerator:
         self.length = length
         self.bits = bits
         self.dtype = word_dtype(bits)
-        nbytes = length * self.dtype.itemsize
-        self._zeros = bytes(nbytes)
-        # update_into needs room for one extra block.
-        self._buffer = bytearray(nbytes + 15)
-        self._view = np.frombuffer(self._buffer, dtype=self.dtype, count=length)
+        # Whole-vector buffers of mask/add, made on first use: add_many needs only a chunk.
+        self._zeros = b""
+        self._buffer = bytearray()
+        self._view = np.zeros(0, dtype=self.dtype)
 
     def _expand(self, seed: bytes) -> np.ndarray:
         if len(seed) != 32:
             raise SecAggError(f"a PRG seed must be 32 bytes, got {len(seed)}")
+        if not self._zeros:
+            nbytes = self.length * self.dtype.itemsize
+            self._zeros = bytes(nbytes)
+            self._buffer = bytearray(nbytes + 15)  # update_into needs room for one extra block
+            self._view = np.frombuffer(self._buffer, dtype=self.dtype, count=self.length)
         encryptor = Cipher(algorithms.AES(seed[:16]), modes.CTR(bytes(16))).encryptor()
         encryptor.update_into(self._zeros, self._buffer)
         return self._view
@@ -74,3 +86,52 @@ class MaskGenerator:
             np.add(accumulator, stream, out=accumulator)
         else:
             np.subtract(accumulator, stream, out=accumulator)
+
+    def add_many(self, accumulator: np.ndarray, seeds: Sequence[tuple[bytes, int]], workers: int = 1) -> None:
+        """Adds ``sign * PRG(seed)`` for every ``(seed, sign)`` into ``accumulator`` modulo 2**width.
+
+        The same sum as calling :meth:`add` once per seed, computed chunk by chunk: for each
+        slice of :data:`CHUNK_WORDS` words every stream is generated into a small buffer and
+        added while both are still in cache. With ``workers > 1`` contiguous ranges of the
+        vector run on threads (AES in ``cryptography`` and NumPy's adds release the GIL); each
+        range starts its counter at its own block offset, so the keystream is the same.
+        """
+        if accumulator.shape != (self.length,) or accumulator.dtype != self.dtype:
+            raise SecAggError(f"the accumulator must be {self.length} words of {self.dtype}, "
+                              f"got {accumulator.shape} of {accumulator.dtype}")
+        for seed, _ in seeds:
+            if len(seed) != 32:
+                raise SecAggError(f"a PRG seed must be 32 bytes, got {len(seed)}")
+        if not seeds:
+            return
+        chunks = -(-self.length // CHUNK_WORDS)
+        workers = max(1, min(int(workers), chunks))
+        # Range boundaries on whole chunks, so that every range starts on a 16-byte AES block.
+        bounds = [(chunks * i // workers) * CHUNK_WORDS for i in range(workers + 1)]
+        bounds[-1] = self.length
+        ranges = [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+        if len(ranges) == 1:
+            self._add_range(accumulator, seeds, *ranges[0])
+            return
+        with ThreadPoolExecutor(len(ranges)) as pool:
+            for future in [pool.submit(self._add_range, accumulator, seeds, lo, hi) for lo, hi in ranges]:
+                future.result()
+
+    def _add_range(self, accumulator: np.ndarray, seeds: Sequence[tuple[bytes, int]], lo: int, hi: int) -> None:
+        itemsize = self.dtype.itemsize
+        counter = (lo * itemsize // 16).to_bytes(16, "big")  # CTR counts 16-byte blocks, big-endian
+        encryptors = [(Cipher(algorithms.AES(seed[:16]), modes.CTR(counter)).encryptor(), sign) for seed, sign in seeds]
+        step = min(CHUNK_WORDS, hi - lo)
+        zeros = bytes(step * itemsize)
+        buffer = bytearray(step * itemsize + 15)  # update_into needs room for one extra block
+        words = np.frombuffer(buffer, dtype=self.dtype, count=step)
+        for start in range(lo, hi, step):
+            n = min(step, hi - start)
+            target = accumulator[start:start + n]
+            stream = words[:n]
+            for encryptor, sign in encryptors:
+                encryptor.update_into(zeros if n == step else zeros[: n * itemsize], buffer)
+                if sign >= 0:
+                    np.add(target, stream, out=target)
+                else:
+                    np.subtract(target, stream, out=target)

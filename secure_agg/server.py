@@ -20,8 +20,10 @@ masked input and the unmasking.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,13 @@ from secure_agg.rounds import (
     UNMASKING,
 )
 from secure_agg.wire import SERVER, open_signed, pack_blobs, pack_roster, seal
+
+# Threads for the server's bulk work: checking the masked replies (SHA-256 of each vector for
+# its signature) and expanding the masks it removes. hashlib, AES in ``cryptography`` and
+# NumPy's adds release the GIL on large buffers, so these run on every core.
+WORKERS = max(1, min(8, os.cpu_count() or 1))
+# Replies at least this large are checked on threads; small ones cost less than a hand-off.
+_THREADED_BYTES = 1 << 16
 
 
 class SecAggServer:
@@ -141,23 +150,39 @@ class SecAggServer:
         accepted = {}
         if not isinstance(responses, dict):
             raise SecAggError(f"responses must be a dict of client id -> bytes, got {type(responses).__name__}")
+        todo = []
         for sender, data in responses.items():
             if sender not in expected:
                 self.discarded[sender] = f"{round_name}: not expected to answer"
                 continue
-            try:
-                key = None if round_name == ADVERTISE_KEYS else self.keys[sender]["sig_pk"]
-                msg = open_signed(data, session=self.session, round_name=round_name, sender=sender, public_key=key)
-                if msg.get("ack") != self.acks.get(sender):
-                    raise SecAggError("it answers another request than the one sent (altered in transit?)")
-            except SecAggError as exc:
-                self.discarded[sender] = f"{round_name}: {exc}"
-                continue
-            except Exception as exc:  # the decoder raises only SecAggError; this is a backstop
-                self.discarded[sender] = f"{round_name}: malformed reply ({type(exc).__name__}: {exc})"
-                continue
-            accepted[sender] = msg
+            todo.append((sender, data))
+        large = sum(1 for _, data in todo if isinstance(data, (bytes, bytearray)) and len(data) >= _THREADED_BYTES)
+        if WORKERS > 1 and large > 1:
+            with ThreadPoolExecutor(min(WORKERS, len(todo))) as pool:
+                results = list(pool.map(lambda item: self._open_reply(round_name, *item), todo))
+        else:
+            results = [self._open_reply(round_name, sender, data) for sender, data in todo]
+        for (sender, _), (msg, why) in zip(todo, results, strict=True):
+            if msg is None:
+                self.discarded[sender] = why
+            else:
+                accepted[sender] = msg
         return accepted
+
+    def _open_reply(self, round_name: str, sender: int, data: bytes) -> tuple[dict[str, Any] | None, str]:
+        """(the checked reply, "") or (None, why it is discarded); reads server state only, so it runs on threads."""
+        try:
+            key = None if round_name == ADVERTISE_KEYS else self.keys[sender]["sig_pk"]
+            # Arrays stay views of the reply bytes: the server only reads them (no 4 MB copy per reply).
+            msg = open_signed(data, session=self.session, round_name=round_name, sender=sender, public_key=key,
+                              copy_arrays=False)
+            if msg.get("ack") != self.acks.get(sender):
+                raise SecAggError("it answers another request than the one sent (altered in transit?)")
+        except SecAggError as exc:
+            return None, f"{round_name}: {exc}"
+        except Exception as exc:  # the decoder raises only SecAggError; this is a backstop
+            return None, f"{round_name}: malformed reply ({type(exc).__name__}: {exc})"
+        return msg, ""
 
     def _holders(self, u: int) -> set[int]:
         return set(self.graph[u]) | {u}
@@ -405,14 +430,15 @@ class SecAggServer:
         total = np.zeros(self.dim, dtype=word_dtype(self.bits))
         for u in self.survivors:
             np.add(total, self.masked[u], out=total)
-        prg = MaskGenerator(self.dim, self.bits)
-        for u in self.survivors:
-            prg.add(total, b_seeds[u], -1)
+        streams = [(b_seeds[u], -1) for u in self.survivors]
         for v in self.dropped:
             agreement = crypto.KeyAgreement(s_keys[v], self.session)
             for u in sorted(set(self.graph[v]) & survivors):
                 if v in self.partners[u]:
-                    prg.add(total, agreement.mask_seed(v, u, self.keys[u]["s_pk"]), -pair_sign(u, v))
+                    streams.append((agreement.mask_seed(v, u, self.keys[u]["s_pk"]), -pair_sign(u, v)))
+        # One cache-resident pass over all streams, split across threads (the clients are idle
+        # while the server unmasks, so its cores are free).
+        MaskGenerator(self.dim, self.bits).add_many(total, streams, workers=WORKERS)
         return reduce_mod(total, self.bits)
 
     def _reconstruct(self, shares: dict[int, list[tuple[int, int, np.ndarray]]], owners: list[int],

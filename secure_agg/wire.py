@@ -78,9 +78,10 @@ _MAX_DEPTH = 16
 
 
 class _Reader:
-    def __init__(self, data: memoryview) -> None:
+    def __init__(self, data: memoryview, copy_arrays: bool = True) -> None:
         self.data = data
         self.pos = 0
+        self.copy_arrays = copy_arrays
 
     def take(self, n: int) -> memoryview:
         if self.pos + n > len(self.data):
@@ -132,12 +133,18 @@ class _Reader:
             raw = self.take(self.length())
             if len(raw) % _DTYPES[code].itemsize:
                 raise SecAggError("malformed message: array bytes not a multiple of the item size")
-            return np.frombuffer(raw, dtype=_DTYPES[code]).copy()
+            array = np.frombuffer(raw, dtype=_DTYPES[code])
+            return array.copy() if self.copy_arrays else array
         raise SecAggError(f"malformed message: unknown tag {tag}")
 
 
-def decode(data: bytes | bytearray | memoryview) -> Any:
+def decode(data: bytes | bytearray | memoryview, *, copy_arrays: bool = True) -> Any:
     """Decodes what :func:`encode` wrote.
+
+    Args:
+        data: The encoded value.
+        copy_arrays: ``False`` returns arrays as views of ``data`` (read-only when ``data`` is
+            bytes), which saves a copy of a large masked vector on the server's hot path.
 
     Raises:
         SecAggError: For any input that is not exactly one encoded value (and only that error,
@@ -150,7 +157,7 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
         view = memoryview(data).cast("B")
     except TypeError as exc:
         raise SecAggError(f"a message must be a flat byte buffer: {exc}") from exc
-    reader = _Reader(view)
+    reader = _Reader(view, copy_arrays)
     try:
         value = reader.value()
     except RecursionError as exc:  # cannot happen with the depth limit; kept as a last guard
@@ -229,7 +236,7 @@ def open_message(data: bytes, *, session: bytes | None, round_name: str, recipie
 
 
 def open_signed(data: bytes, *, session: bytes, round_name: str, sender: Any,
-                public_key: bytes | None, recipient: Any = SERVER) -> dict[str, Any]:
+                public_key: bytes | None, recipient: Any = SERVER, copy_arrays: bool = True) -> dict[str, Any]:
     """Checks a signed client reply and decodes it.
 
     Args:
@@ -240,6 +247,7 @@ def open_signed(data: bytes, *, session: bytes, round_name: str, sender: Any,
         public_key: The sender's session signing key; ``None`` only for the first reply, which
             carries that key itself (its field ``sig_pk``) and is checked against it.
         recipient: Who is reading.
+        copy_arrays: ``False`` leaves arrays as views of ``data`` (see :func:`decode`).
 
     Raises:
         SecAggError: Malformed, from another session, round or sender, or a signature that
@@ -249,7 +257,7 @@ def open_signed(data: bytes, *, session: bytes, round_name: str, sender: Any,
         raise SecAggError("message rejected: too short to carry a signature")
     view = memoryview(data).cast("B")
     body, signature = view[:-crypto.SIGNATURE_BYTES], bytes(view[-crypto.SIGNATURE_BYTES:])
-    msg = _check_envelope(decode(body), session, round_name, recipient, sender)
+    msg = _check_envelope(decode(body, copy_arrays=copy_arrays), session, round_name, recipient, sender)
     key = msg.get("sig_pk") if public_key is None else public_key
     if not crypto.verify(key, signature, _body_digest(body)):
         raise SecAggError("message rejected: its signature does not verify (forged or altered in transit)")
