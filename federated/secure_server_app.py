@@ -1,18 +1,20 @@
-"""The ServerApp for secure FedAvg, and a runner on Flower's simulation engine.
+"""Secure aggregation checked against Flower's own FedAvg, round by round, on a real engine.
 
-``mode`` chooses what each round aggregates: ``secure`` (SecureFedAvg only), ``plain``
-(Flower's built-in FedAvg only), ``both``: from the same global model, one FedAvg round
-and one secure round, the difference recorded against the stated quantization bound, and the
-run continuing from the secure result; or ``side_by_side``: two independent runs in one
-simulation, one aggregated securely and one plainly, each from its own global model. Clients train deterministically (seeded by round and
-partition), so in ``both`` the two aggregates average identical client updates.
+Runs (the experiment kinds, ``flwr run``, the deployment launcher) all go through the one
+round loop, :func:`federated.server_app.run_rounds`, with plain or secure aggregation; its
+Flower app is :data:`app` below. This module is the verification harness beside it: every
+round it sends the same global model out twice, once for Flower's built-in FedAvg and once for
+:class:`~federated.secure_aggregation.SecureAggregation`, records the largest difference
+against the stated quantization bound, and continues from the secure result. Clients train
+deterministically (seeded by round and partition), so both aggregates average identical
+client updates.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -22,8 +24,6 @@ from flwr.serverapp.strategy import FedAvg
 from federated.secure_fedavg import SecAggParams, SecureFedAvg, exchange, split_run_config
 from federated.server_app import make_server_app as _one_loop_app
 
-Mode = Literal["secure", "plain", "both", "side_by_side"]
-MODES = ("secure", "plain", "both", "side_by_side")
 Evaluate = Callable[[dict[str, np.ndarray]], tuple[float, float]]
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -38,80 +38,63 @@ def _to_arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
 
 
-def run_secure_rounds(grid: Grid, initial: dict[str, np.ndarray], num_rounds: int, params: SecAggParams,
-                      mode: Mode = "secure", evaluate: Evaluate | None = None, timeout: float = 600.0,
-                      on_round: RoundCallback | None = None, num_nodes: int = 2) -> dict[str, Any]:
-    """Runs ``num_rounds`` FedAvg rounds on ``grid``, aggregated securely, plainly, or both.
+def compare_secure_to_plain(grid: Grid, initial: dict[str, np.ndarray], num_rounds: int, params: SecAggParams,
+                            evaluate: Evaluate | None = None, timeout: float = 600.0,
+                            on_round: RoundCallback | None = None, num_nodes: int = 2) -> dict[str, Any]:
+    """Runs ``num_rounds`` rounds on ``grid``, each aggregated by FedAvg and securely from the same model.
 
     Args:
         grid: Flower's Grid.
         initial: The initial global model.
         num_rounds: Rounds to run.
         params: Secure-aggregation parameters.
-        mode: ``secure``, ``plain``, ``both`` or ``side_by_side`` (see the module docstring).
         evaluate: Optional ``weights -> (test_loss, test_acc)``.
         timeout: Seconds to wait for each message round.
         on_round: Called with each round's record.
-        num_nodes: Nodes every round samples (all of the federation's, in a comparison). Flower's
-            FedAvg sizes its sample from the nodes connected when it is called, which at the
-            start of a simulation may be fewer (the engine still registers them): a plain
-            reference that sampled 2 of 3 nodes in round 1 was the cause of issue 12's
-            "intermittent mismatch" (point 7). With ``num_nodes`` it waits for all of them.
+        num_nodes: Nodes every round samples (all of the federation's). Flower's FedAvg sizes
+            its sample from the nodes connected when it is called, which at the start of a
+            simulation may be fewer (the engine still registers them): a plain reference that
+            sampled 2 of 3 nodes in round 1 was the cause of issue 12's "intermittent
+            mismatch" (point 7). With ``num_nodes`` both wait for all of them.
 
     Returns:
-        ``{"weights": final weights, "history": [one record per round]}``; a record has
-        ``round``, ``train_loss``, ``test_loss``, ``test_acc``, ``survivors``, ``dropped`` and,
-        in ``both`` mode, ``max_abs_diff`` and ``error_bound``; in ``side_by_side`` mode the
-        plain run's ``plain_test_acc`` and ``plain_train_loss``; wall-clock numbers sit under
-        ``timing``.
+        ``{"weights": final secure weights, "history": [one record per round]}``; a record has
+        ``round``, ``train_loss``, ``test_loss``, ``test_acc``, ``survivors``, ``dropped``,
+        ``plain_replies``, ``pipelined``, ``max_abs_diff`` and ``error_bound``; wall-clock
+        numbers sit under ``timing``.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     nodes = {"min_available_nodes": num_nodes, "min_train_nodes": num_nodes}
     secure = SecureFedAvg(params, timeout=timeout, num_rounds=num_rounds, **nodes)
     plain = FedAvg(**nodes)
-    weights, plain_track, history = initial, initial, []
+    weights, history = initial, []
     for server_round in range(1, num_rounds + 1):
         record: dict[str, Any] = {"round": server_round, "timing": {}}
         arrays = _to_arrays(weights)
-        plain_weights = None
-        if mode != "secure":
-            t0 = time.perf_counter()
-            start = _to_arrays(plain_track) if mode == "side_by_side" else arrays
-            replies = exchange(grid, list(plain.configure_train(server_round, start, ConfigRecord(), grid)), timeout)
-            # Float sums depend on order: sort the replies by content so a run repeats exactly.
-            replies.sort(key=lambda m: (m.has_error(), _reply_key(m)))
-            out, metrics = plain.aggregate_train(server_round, replies)
-            record["timing"]["plain_round_seconds"] = time.perf_counter() - t0
-            if out is None:
-                raise RuntimeError(f"round {server_round}: no client returned an update within {timeout:g} s")
-            plain_weights = _to_numpy(out)
-            # The reference must average the same clients: a lost plain reply (not a secure
-            # one) would otherwise show up as a mismatch of the secure aggregate.
-            record["plain_replies"] = sum(1 for m in replies if not m.has_error())
-            record["train_loss"] = float(metrics["train_loss"]) if metrics and "train_loss" in metrics else None
-            if mode == "side_by_side":
-                plain_track = plain_weights
-                record["plain_train_loss"] = record.pop("train_loss")
-                if evaluate is not None:
-                    record["plain_test_loss"], record["plain_test_acc"] = evaluate(plain_track)
-        if mode != "plain":
-            t0 = time.perf_counter()
-            replies = exchange(grid, list(secure.configure_train(server_round, arrays, ConfigRecord(), grid)), timeout)
-            out, metrics = secure.aggregate_train(server_round, replies)
-            record["timing"]["secure_round_seconds"] = time.perf_counter() - t0
-            record["timing"].update({f"secure_{k}_seconds": v for k, v in secure.last_round.seconds.items()})
-            assert out is not None and metrics is not None
-            weights = _to_numpy(out)
-            record.update(train_loss=float(metrics["train_loss"]), survivors=secure.last_round.survivors,
-                          dropped=secure.last_round.dropped, error_bound=secure.last_round.error_bound,
-                          pipelined=secure.last_round.pipelined,
-                          server_bytes=secure.last_round.server_bytes_in + secure.last_round.server_bytes_out)
-            if plain_weights is not None and mode == "both":
-                record["max_abs_diff"] = max(float(np.max(np.abs(weights[k].astype(np.float64) - plain_weights[k])))
-                                             for k in weights)
-        else:
-            weights = plain_weights  # type: ignore[assignment]
+        t0 = time.perf_counter()
+        replies = exchange(grid, list(plain.configure_train(server_round, arrays, ConfigRecord(), grid)), timeout)
+        # Float sums depend on order: sort the replies by content so a run repeats exactly.
+        replies.sort(key=lambda m: (m.has_error(), _reply_key(m)))
+        out, _ = plain.aggregate_train(server_round, replies)
+        record["timing"]["plain_round_seconds"] = time.perf_counter() - t0
+        if out is None:
+            raise RuntimeError(f"round {server_round}: no client returned an update within {timeout:g} s")
+        plain_weights = _to_numpy(out)
+        # The reference must average the same clients: a lost plain reply (not a secure
+        # one) would otherwise show up as a mismatch of the secure aggregate.
+        record["plain_replies"] = sum(1 for m in replies if not m.has_error())
+        t0 = time.perf_counter()
+        replies = exchange(grid, list(secure.configure_train(server_round, arrays, ConfigRecord(), grid)), timeout)
+        out, metrics = secure.aggregate_train(server_round, replies)
+        record["timing"]["secure_round_seconds"] = time.perf_counter() - t0
+        record["timing"].update({f"secure_{k}_seconds": v for k, v in secure.last_round.seconds.items()})
+        assert out is not None and metrics is not None
+        weights = _to_numpy(out)
+        record.update(train_loss=float(metrics["train_loss"]), survivors=secure.last_round.survivors,
+                      dropped=secure.last_round.dropped, error_bound=secure.last_round.error_bound,
+                      pipelined=secure.last_round.pipelined,
+                      server_bytes=secure.last_round.server_bytes_in + secure.last_round.server_bytes_out,
+                      max_abs_diff=max(float(np.max(np.abs(weights[k].astype(np.float64) - plain_weights[k])))
+                                       for k in weights))
         if evaluate is not None:
             record["test_loss"], record["test_acc"] = evaluate(weights)
         history.append(record)
@@ -127,14 +110,13 @@ def _reply_key(msg: Any) -> tuple[float, float]:
     return (float(metrics["num-examples"]), float(metrics["train_loss"]))
 
 
-def make_secure_server_app(overrides: dict[str, Any] | None = None, mode: Mode = "secure",
-                           sink: list[dict[str, Any]] | None = None, on_round: RoundCallback | None = None,
+def make_comparison_server_app(overrides: dict[str, Any] | None = None,
+                               sink: list[dict[str, Any]] | None = None, on_round: RoundCallback | None = None,
                            initial: dict[str, np.ndarray] | None = None, evaluate: bool = True) -> ServerApp:
-    """A ServerApp running :func:`run_secure_rounds` on federated.task's model.
+    """A ServerApp running :func:`compare_secure_to_plain` on federated.task's model.
 
     Args:
         overrides: Run-config keys (FedSettings keys and ``secagg-*`` keys) that win over the context's.
-        mode: ``secure``, ``plain`` or ``both``.
         sink: If given, the result is appended to it.
         on_round: Called with each round's record.
         initial: A model to start from instead of federated.task's (the benchmark's synthetic one).
@@ -164,26 +146,25 @@ def make_secure_server_app(overrides: dict[str, Any] | None = None, mode: Mode =
             if on_round:
                 on_round(rec)
 
-        result = run_secure_rounds(grid, start, settings.num_server_rounds, params, mode,
-                                   evaluate=(lambda w: evaluate_global(settings, w)) if evaluate else None,
-                                   timeout=settings.round_timeout, on_round=record,
-                                   num_nodes=settings.num_partitions)
+        result = compare_secure_to_plain(grid, start, settings.num_server_rounds, params,
+                                         evaluate=(lambda w: evaluate_global(settings, w)) if evaluate else None,
+                                         timeout=settings.round_timeout, on_round=record,
+                                         num_nodes=settings.num_partitions)
         if sink is not None:
             sink.append(result)
 
     return server_app
 
 
-def simulate_secure(overrides: dict[str, Any], num_supernodes: int, mode: Mode = "secure", *, num_cpus: int = 2,
+def simulate_comparison(overrides: dict[str, Any], num_supernodes: int, *, num_cpus: int = 2,
                     on_round: RoundCallback | None = None, local_train: Any = None,
                     initial: dict[str, np.ndarray] | None = None, evaluate: bool = True,
                     verbose: bool = False) -> dict[str, Any]:
-    """Runs the secure ServerApp and ClientApp on Flower's simulation engine.
+    """Runs the comparison ServerApp and the project's secure ClientApp on Flower's simulation engine.
 
     Args:
         overrides: The run config (FedSettings keys and ``secagg-*`` keys).
         num_supernodes: Virtual SuperNodes (clients).
-        mode: ``secure``, ``plain`` or ``both``.
         num_cpus: CPUs Ray may use (one per ClientApp actor).
         on_round: Called with each round's record.
         local_train: Replaces the default local training (see make_secure_client_app).
@@ -192,13 +173,13 @@ def simulate_secure(overrides: dict[str, Any], num_supernodes: int, mode: Mode =
         verbose: Keep Flower's INFO log.
 
     Returns:
-        :func:`run_secure_rounds`' result.
+        :func:`compare_secure_to_plain`'s result.
     """
     from federated.secure_client_app import make_secure_client_app
     from federated.simulation import run_apps
 
     sink: list[dict[str, Any]] = []
-    return run_apps(make_secure_server_app(overrides, mode, sink, on_round, initial, evaluate),
+    return run_apps(make_comparison_server_app(overrides, sink, on_round, initial, evaluate),
                     make_secure_client_app(overrides, local_train), num_supernodes, sink,
                     num_cpus=num_cpus, verbose=verbose)
 

@@ -475,16 +475,16 @@ def test_active_mode_reads_key_files_from_node_config_and_refuses_a_downgrade(tm
 def test_secure_vs_plain_comparison_waits_for_every_node(num_nodes: int) -> None:
     # Issue 12, point 7: at the start of a simulation the engine may still register nodes, and
     # Flower's FedAvg sizes its sample from the nodes connected when it is called. The plain
-    # reference of run_secure_rounds' "both" mode then averaged 2 of 3 clients in round 1
+    # reference of compare_secure_to_plain then averaged 2 of 3 clients in round 1
     # while the secure round (sampled a moment later) averaged all 3: survivors [3, 2, 3],
     # pipelining as expected, and a "mismatch" of the size of one client's update.
-    from federated.secure_server_app import run_secure_rounds
+    from federated.secure_server_app import compare_secure_to_plain
 
     grid = make_grid(3, fail={(2, 2)})
     grid.registering = 1
     initial = {k: v.numpy() for k, v in initial_arrays().items()}
-    history = run_secure_rounds(grid, initial, 3, SecAggParams(seed=3), mode="both", timeout=5.0,
-                                num_nodes=num_nodes)["history"]
+    history = compare_secure_to_plain(grid, initial, 3, SecAggParams(seed=3), timeout=5.0,
+                                      num_nodes=num_nodes)["history"]
     assert [r["survivors"] for r in history] == [3, 2, 3]
     plain = [r["plain_replies"] for r in history]
     worst = max(r["max_abs_diff"] - r["error_bound"] for r in history)

@@ -66,7 +66,7 @@ def test_params_validation_and_run_config_split() -> None:
 
 def test_pipelined_rounds_match_flower_fedavg_through_a_failure() -> None:
     from federated.secure_client_app import train_task_model
-    from federated.secure_server_app import simulate_secure
+    from federated.secure_server_app import simulate_comparison
 
     def flaky(arrays, context, server_round):
         # Partition 2 fails in round 2: both aggregations then average the other two clients.
@@ -76,7 +76,7 @@ def test_pipelined_rounds_match_flower_fedavg_through_a_failure() -> None:
 
     overrides = {"num-server-rounds": 3, "num-partitions": 3, "fraction-evaluate": 0.0, "hidden": 16,
                  "secagg-seed": 3, "secagg-threshold": 0.6, "round-timeout": 600.0}  # slack for a loaded machine
-    result = simulate_secure(overrides, 3, mode="both", local_train=flaky)
+    result = simulate_comparison(overrides, 3, local_train=flaky)
     history = result["history"]
     assert [r["survivors"] for r in history] == [3, 2, 3]
     # The plain reference must have averaged the same clients, or a difference would blame
