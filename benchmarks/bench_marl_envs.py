@@ -36,7 +36,7 @@ EVAL_SEED = 10_000
 # name, env id, env kwargs, backend, budget (env steps), quick budget, eval episodes, config overrides
 CASES: list[tuple[str, str, dict[str, Any], str, int, int, int, dict[str, Any]]] = [
     ("simple_spread", "mpe/simple_spread-v3", {}, "vec", 200_000, 20_000, 100, {}),
-    ("simple_reference", "mpe/simple_reference-v3", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
+    ("simple_reference", "mpe/simple_reference-v3", {}, "parallel", 150_000, 4_000, 32, {"num_envs": 16}),
     ("simple_speaker_listener", "mpe/simple_speaker_listener-v4", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
     ("simple_tag", "mpe/simple_tag-v3", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
     ("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}, "parallel", 10_000, 2_000, 16,
