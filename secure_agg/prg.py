@@ -87,8 +87,11 @@ class MaskGenerator:
         else:
             np.subtract(accumulator, stream, out=accumulator)
 
-    def add_many(self, accumulator: np.ndarray, seeds: Sequence[tuple[bytes, int]], workers: int = 1) -> None:
-        """Adds ``sign * PRG(seed)`` for every ``(seed, sign)`` into ``accumulator`` modulo 2**width.
+    def add_many(self, accumulator: np.ndarray, seeds: Sequence[tuple[bytes, int]], workers: int = 1,
+                 vectors: Sequence[np.ndarray] = ()) -> None:
+        """Adds ``sign * PRG(seed)`` for every ``(seed, sign)``, and every one of ``vectors``, into ``accumulator``.
+
+        Sums are modulo 2**width (the caller reduces modulo 2**bits once at the end).
 
         The same sum as calling :meth:`add` once per seed, computed chunk by chunk: for each
         slice of :data:`CHUNK_WORDS` words every stream is generated into a small buffer and
@@ -102,7 +105,11 @@ class MaskGenerator:
         for seed, _ in seeds:
             if len(seed) != 32:
                 raise SecAggError(f"a PRG seed must be 32 bytes, got {len(seed)}")
-        if not seeds:
+        for vector in vectors:
+            if vector.shape != (self.length,) or vector.dtype != self.dtype:
+                raise SecAggError(f"every added vector must be {self.length} words of {self.dtype}, "
+                                  f"got {vector.shape} of {vector.dtype}")
+        if not seeds and not vectors:
             return
         chunks = -(-self.length // CHUNK_WORDS)
         workers = max(1, min(int(workers), chunks))
@@ -111,13 +118,14 @@ class MaskGenerator:
         bounds[-1] = self.length
         ranges = [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
         if len(ranges) == 1:
-            self._add_range(accumulator, seeds, *ranges[0])
+            self._add_range(accumulator, seeds, vectors, *ranges[0])
             return
         with ThreadPoolExecutor(len(ranges)) as pool:
-            for future in [pool.submit(self._add_range, accumulator, seeds, lo, hi) for lo, hi in ranges]:
+            for future in [pool.submit(self._add_range, accumulator, seeds, vectors, lo, hi) for lo, hi in ranges]:
                 future.result()
 
-    def _add_range(self, accumulator: np.ndarray, seeds: Sequence[tuple[bytes, int]], lo: int, hi: int) -> None:
+    def _add_range(self, accumulator: np.ndarray, seeds: Sequence[tuple[bytes, int]], vectors: Sequence[np.ndarray],
+                   lo: int, hi: int) -> None:
         itemsize = self.dtype.itemsize
         counter = (lo * itemsize // 16).to_bytes(16, "big")  # CTR counts 16-byte blocks, big-endian
         encryptors = [(Cipher(algorithms.AES(seed[:16]), modes.CTR(counter)).encryptor(), sign) for seed, sign in seeds]
@@ -129,6 +137,8 @@ class MaskGenerator:
             n = min(step, hi - start)
             target = accumulator[start:start + n]
             stream = words[:n]
+            for vector in vectors:
+                np.add(target, vector[start:start + n], out=target)
             for encryptor, sign in encryptors:
                 encryptor.update_into(zeros if n == step else zeros[: n * itemsize], buffer)
                 if sign >= 0:

@@ -428,17 +428,16 @@ class SecAggServer:
         b_seeds = self._reconstruct(b_shares, self.survivors, b_ok, "self-mask seed")
         s_keys = self._reconstruct(s_shares, self.dropped, s_ok, "masking key")
         total = np.zeros(self.dim, dtype=word_dtype(self.bits))
-        for u in self.survivors:
-            np.add(total, self.masked[u], out=total)
         streams = [(b_seeds[u], -1) for u in self.survivors]
         for v in self.dropped:
             agreement = crypto.KeyAgreement(s_keys[v], self.session)
             for u in sorted(set(self.graph[v]) & survivors):
                 if v in self.partners[u]:
                     streams.append((agreement.mask_seed(v, u, self.keys[u]["s_pk"]), -pair_sign(u, v)))
-        # One cache-resident pass over all streams, split across threads (the clients are idle
-        # while the server unmasks, so its cores are free).
-        MaskGenerator(self.dim, self.bits).add_many(total, streams, workers=WORKERS)
+        # One cache-resident pass adds the masked vectors and removes the masks, split across
+        # threads (the clients are idle while the server unmasks, so its cores are free).
+        MaskGenerator(self.dim, self.bits).add_many(total, streams, workers=WORKERS,
+                                                    vectors=[self.masked[u] for u in self.survivors])
         return reduce_mod(total, self.bits)
 
     def _reconstruct(self, shares: dict[int, list[tuple[int, int, np.ndarray]]], owners: list[int],

@@ -15,9 +15,12 @@ from secure_agg import SecAggError
 from secure_agg.prg import CHUNK_WORDS, MaskGenerator, reduce_mod
 
 
-def _reference(start: np.ndarray, seeds: list[tuple[bytes, int]], bits: int) -> list[int]:
+def _reference(start: np.ndarray, seeds: list[tuple[bytes, int]], bits: int,
+               vectors: tuple[np.ndarray, ...] = ()) -> list[int]:
     width = start.dtype.itemsize * 8
     total = [int(v) for v in start]
+    for vector in vectors:
+        total = [(a + int(b)) % (1 << width) for a, b in zip(total, vector, strict=True)]
     for seed, sign in seeds:
         raw = Cipher(algorithms.AES(seed[:16]), modes.CTR(bytes(16))).encryptor().update(bytes(start.nbytes))
         stream = np.frombuffer(raw, dtype=start.dtype).tolist()
@@ -38,6 +41,13 @@ def test_add_many_is_the_sum_of_the_keystreams(length: int, bits: int, workers: 
     gen.add_many(acc, seeds, workers=workers)
     reduce_mod(acc, bits)
     assert acc.tolist() == _reference(start, seeds, bits)
+    # The server's form: masked vectors summed in the same pass.
+    vectors = tuple(rng.integers(0, 1 << min(bits, 63), size=length, dtype=np.uint64).astype(gen.dtype)
+                    for _ in range(2))
+    acc = start.copy()
+    gen.add_many(acc, seeds[:2], workers=workers, vectors=vectors)
+    reduce_mod(acc, bits)
+    assert acc.tolist() == _reference(start, seeds[:2], bits, vectors)
 
 
 def test_add_many_matches_one_add_per_seed_and_cancels() -> None:
@@ -59,5 +69,7 @@ def test_add_many_refuses_bad_arguments() -> None:
         gen.add_many(np.zeros(9, dtype=np.uint32), [(bytes(32), 1)])
     with pytest.raises(SecAggError, match="accumulator must be 10 words of uint32"):
         gen.add_many(np.zeros(10, dtype=np.uint64), [(bytes(32), 1)])
+    with pytest.raises(SecAggError, match="every added vector must be 10 words of uint32"):
+        gen.add_many(np.zeros(10, dtype=np.uint32), [], vectors=[np.zeros(11, dtype=np.uint32)])
     with pytest.raises(SecAggError, match="seed must be 32 bytes, got 16"):
         gen.add_many(np.zeros(10, dtype=np.uint32), [(bytes(16), 1)])
