@@ -81,7 +81,7 @@ def write_gif(path: str | Path, frames: list[Any], fps: int = 10) -> Path:
 
     from PIL import Image
 
-    from marl.policy import _atomic_write
+    from envs.files import atomic_write_bytes
 
     if not frames:
         raise ValueError("no frames to write: the environment rendered nothing")
@@ -89,7 +89,7 @@ def write_gif(path: str | Path, frames: list[Any], fps: int = 10) -> Path:
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
     path = Path(path)
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -19,8 +19,6 @@ arguments, agent names, groups with their spaces, sizes, observation preprocessi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from envs.files import atomic_write_bytes
 from marl.networks import Actor
 
 FORMAT = "agora-policy-1"
@@ -246,20 +245,6 @@ class GroupedActor(nn.Module):
 # Saved policies
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_policy(directory: str | Path, actor: GroupedActor, meta: dict[str, Any]) -> Path:
     """Writes ``actor`` to ``directory`` (``actor.pt`` then ``policy.json``, each atomically).
 
@@ -277,9 +262,9 @@ def save_policy(directory: str | Path, actor: GroupedActor, meta: dict[str, Any]
     directory = Path(directory)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in actor.state_dict().items()}, buf)
-    _atomic_write(directory / "actor.pt", buf.getvalue())
+    atomic_write_bytes(directory / "actor.pt", buf.getvalue())
     doc = {"format": FORMAT, **meta, "groups": [asdict(g) for g in actor.groups]}
-    _atomic_write(directory / "policy.json", json.dumps(doc, indent=1, sort_keys=True).encode())
+    atomic_write_bytes(directory / "policy.json", json.dumps(doc, indent=1, sort_keys=True).encode())
     return directory
 
 
