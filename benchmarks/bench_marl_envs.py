@@ -13,7 +13,8 @@ Then, for the non-batched pursuit and knights_archers_zombies, the same training
 copies stepped in ``workers`` processes against all in one process: training env-steps/s
 end to end, ours (workers) / reference (one process), with the cores this machine has, the
 CPU seconds of the main process and of the workers, and the load average (other processes on
-a shared machine take cores from both sides).
+a shared machine take cores from both sides). ``--only pursuit_throughput
+knights_archers_zombies_throughput`` runs just this comparison.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def main() -> None:
     # Throughput of non-batched envs: copies in worker processes vs all in this process.
     for name, env_id, kwargs in (("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}),
                                  ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200})):
-        if args.only and name not in args.only:
+        # --only NAME_throughput runs this part alone (NAME runs the return case too).
+        if args.only and name not in args.only and f"{name}_throughput" not in args.only:
             continue
         steps = 1_600 if args.quick else 4_000
         rates = {}

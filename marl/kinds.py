@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from experiments import ExperimentConfig, RunContext, UserError, register_kind
+from experiments import ExperimentConfig, RunContext, Section, UserError, register_kind
 from marl.evaluate import baselines, evaluate
 from marl.mappo import MAPPO, MAPPOConfig, env_teams, make_batched_env
 from marl.policy import groups_of
@@ -31,8 +31,16 @@ from marl.policy import groups_of
 BASELINE_STYLE = {"random": ":", "noop": "-.", "scripted": "--"}
 
 
+class LogSettings(Section):
+    """Optional extra outputs beside ``metrics.jsonl`` (which is always written)."""
+
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files under tensorboard/ (needs the 'tb' extra).")
+
+
 class EvalSettings(ExperimentConfig):
     """Fields shared by both kinds (evaluation and checkpoints)."""
+
+    log: LogSettings = Field(default_factory=LogSettings, description="Extra logs: log.tensorboard writes event files.")
 
     train: MAPPOConfig = Field(default_factory=MAPPOConfig, description="MAPPO / IPPO hyperparameters.")
     eval_every: int = Field(20, ge=1, le=10**9, description="Updates between greedy evaluations.")
@@ -81,6 +89,12 @@ def _check(cfg: EvalSettings) -> None:
             make_vec(cfg.train.env, num_envs=1, device="cpu", **cfg.train.env_kwargs)
         except (TypeError, ValueError) as exc:
             raise UserError(f"config key 'train.env_kwargs': the batched {cfg.train.env} refuses them: {exc}") from None
+    if cfg.log.tensorboard:
+        try:
+            import tensorboard  # noqa: F401  (SummaryWriter needs the real package)
+        except ImportError:
+            raise UserError("config key 'log.tensorboard' = true needs the tensorboard package: "
+                            "pip install 'agora[tb]' (or set it to false)") from None
     allowed = {"random", "noop", "scripted"}
     bad = [b for b in cfg.baselines if b not in allowed]
     if bad:
@@ -99,6 +113,29 @@ def team_indices(cfg: MAPPOConfig, env: Any) -> dict[str, list[int]]:
 
 def _policy_dir(key: str, single: bool) -> str:
     return "policy" if single else f"policy/{key.replace('/', '-')}"
+
+
+class _Board:
+    """TensorBoard mirror of what a job logs to metrics.jsonl: one event directory per job.
+
+    Only numbers go in (ints, floats, bools); the step is the update index, so a resumed run
+    purges whatever the interrupted run wrote past its checkpoint instead of drawing it twice.
+    """
+
+    def __init__(self, directory: Any, resume_from: int | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events at steps >= it: those after the checkpoint being resumed.
+        purge = None if resume_from is None else resume_from + 1
+        self.writer = SummaryWriter(log_dir=str(directory), purge_step=purge)
+
+    def scalars(self, prefix: str, step: int, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if isinstance(value, (bool, int, float)) and key != "update":
+                self.writer.add_scalar(f"{prefix}/{key}", float(value), global_step=step)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _run_jobs(cfg: EvalSettings, ctx: RunContext, jobs: list[tuple[str, int, MAPPOConfig]]) -> dict[str, Any]:
@@ -133,20 +170,32 @@ def _run_jobs(cfg: EvalSettings, ctx: RunContext, jobs: list[tuple[str, int, MAP
         ctx.info(f"{key}: {trainer.num_updates} updates of {trainer.batch_steps} env steps; "
                  f"groups {[(g.name, len(g.agents)) for g in trainer.groups]}")
         remaining = range(trainer.update_index, trainer.num_updates)
+        board = None
+        if cfg.log.tensorboard:
+            resumed = trainer.update_index if trainer.update_index else None
+            board = _Board(ctx.path / "tensorboard" / key.replace("/", "-"), resumed)
         for _ in ctx.progress(remaining, description=key):
             metrics = trainer.train_iteration()
             u = metrics["update"]
             ctx.log(run=key, **metrics)
+            if board is not None:
+                board.scalars("train", u, metrics)
             if u % cfg.eval_every == 0 or u == trainer.num_updates:
                 result = evaluate(trainer.greedy_policy, eval_env, cfg.eval_seed, teams)
                 point = {"update": u, "env_steps": metrics["env_steps"], **result}
                 curves[key].append(point)
                 ctx.log(run=key, eval=True, **point)
+                if board is not None:
+                    board.scalars("eval", u, point)
             if u % cfg.checkpoint_every == 0 and u < trainer.num_updates:
                 # The policy first: a checkpoint never points at a policy older than itself.
                 trainer.save_policy(ctx.path / "checkpoints" / _policy_dir(key, single))
+                if board is not None:
+                    board.writer.flush()  # events up to the checkpoint survive a crash
                 state["current"] = {"key": key, "trainer": trainer.state_dict()}
                 ctx.save_checkpoint(state)
+        if board is not None:
+            board.close()
         trainer.save_policy(ctx.path / _policy_dir(key, single))
         state["current"] = None
         ctx.save_checkpoint(state)

@@ -275,6 +275,7 @@ class ParallelBatch:
             self._remotes = [_Remote(ctx, env_id, env_kwargs, s.tolist(), seed, L) for s in slices]
             for r in self._remotes:
                 r.recv()
+        self._pending: np.ndarray | None = None  # actions sent by step_async, not yet collected
         self._obs = np.zeros((num_envs, L.num_agents, L.obs_dim), dtype=np.float32)
         self._active = np.ones((num_envs, L.num_agents), dtype=bool)
         self._states = np.zeros((num_envs, L.state_dim), dtype=np.float32)
@@ -326,10 +327,32 @@ class ParallelBatch:
             infos with ``final_observation``, ``final_state``, ``done`` (the copy's agent list
             is empty) and ``active`` (agents present in the returned observations).
         """
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: torch.Tensor) -> None:
+        """Starts :meth:`step`: with workers they step while the caller computes; finish with :meth:`step_wait`.
+
+        The trainer uses the time to run its critic and log-probabilities on the current
+        observations, which do not depend on the step's outcome. Without workers the step
+        happens in :meth:`step_wait`.
+        """
+        if self._pending is not None:
+            raise RuntimeError("step_async called twice without step_wait")
         acts = torch.as_tensor(actions).detach().cpu().numpy()
         if acts.shape[0] != self.num_envs:
             raise ValueError(f"actions must have {self.num_envs} rows (one per copy), got shape {list(acts.shape)}")
-        parts = self._call("step", self._split(acts))
+        if self._local is None:
+            for r, part in zip(self._remotes, self._split(acts), strict=True):
+                r.send("step", part)
+        self._pending = acts
+
+    def step_wait(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Finishes the step begun by :meth:`step_async`; returns what :meth:`step` returns."""
+        if self._pending is None:
+            raise RuntimeError("step_wait called without step_async")
+        acts, self._pending = self._pending, None
+        parts = [self._local.step(acts)] if self._local is not None else [r.recv() for r in self._remotes]
         obs, rew, term, trunc, final_obs, final_state, done, active, states = (np.concatenate(x) for x in zip(*parts, strict=True))
         self._obs, self._active, self._states = obs, active, states
         t = torch.as_tensor
