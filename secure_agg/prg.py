@@ -96,8 +96,10 @@ class MaskGenerator:
         The same sum as calling :meth:`add` once per seed, computed chunk by chunk: for each
         slice of :data:`CHUNK_WORDS` words every stream is generated into a small buffer and
         added while both are still in cache. With ``workers > 1`` contiguous ranges of the
-        vector run on threads (AES in ``cryptography`` and NumPy's adds release the GIL); each
-        range starts its counter at its own block offset, so the keystream is the same.
+        vector run on threads; each range starts its counter at its own block offset, so the
+        keystream is the same. Only NumPy's adds release the GIL (``cryptography`` 50's AES
+        holds it), so threads gain little: 50 streams of 1M words took 30 ms on 2 threads
+        against 34 ms on one, measured on the idle 2-core machine.
         """
         if accumulator.shape != (self.length,) or accumulator.dtype != self.dtype:
             raise SecAggError(f"the accumulator must be {self.length} words of {self.dtype}, "

@@ -54,8 +54,9 @@ from secure_agg.rounds import (
 from secure_agg.wire import SERVER, open_signed, pack_blobs, pack_roster, seal
 
 # Threads for the server's bulk work: checking the masked replies (SHA-256 of each vector for
-# its signature) and expanding the masks it removes. hashlib, AES in ``cryptography`` and
-# NumPy's adds release the GIL on large buffers, so these run on every core.
+# its signature; hashlib releases the GIL on large buffers: 50 digests of 4 MB took 0.12 s on
+# 2 threads against 0.15 s on one, idle 2-core machine) and the unmasking pass (only its adds
+# release the GIL, AES in ``cryptography`` holds it).
 WORKERS = max(1, min(8, os.cpu_count() or 1))
 # Replies at least this large are checked on threads; small ones cost less than a hand-off.
 _THREADED_BYTES = 1 << 16
@@ -434,8 +435,8 @@ class SecAggServer:
             for u in sorted(set(self.graph[v]) & survivors):
                 if v in self.partners[u]:
                     streams.append((agreement.mask_seed(v, u, self.keys[u]["s_pk"]), -pair_sign(u, v)))
-        # One cache-resident pass adds the masked vectors and removes the masks, split across
-        # threads (the clients are idle while the server unmasks, so its cores are free).
+        # One cache-resident pass adds the masked vectors and removes the masks; the adds run
+        # on threads (the clients are idle while the server unmasks, so its cores are free).
         MaskGenerator(self.dim, self.bits).add_many(total, streams, workers=WORKERS,
                                                     vectors=[self.masked[u] for u in self.survivors])
         return reduce_mod(total, self.bits)
