@@ -151,11 +151,11 @@ def test_resume_restores_the_wrapped_strategys_own_state(tmp_path: Path, monkeyp
     for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
         monkeypatch.setattr(TaskIdentity, name, value)
     base = FedSettings(aggregation="secure", num_partitions=3, num_server_rounds=3, fraction_evaluate=0.0,
-                       hidden=4, local_epochs=1, min_replies=2, resume=True, round_timeout=30.0)
+                       hidden=4, local_epochs=1, min_replies=2, resume=True, round_timeout=120.0)
 
     def run(settings: FedSettings) -> dict:
         adam = FedAdam(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3, eta=0.01)
-        strategy = SecureAggregation(adam, SecAggParams(seed=5), timeout=30.0, num_rounds=settings.num_server_rounds)
+        strategy = SecureAggregation(adam, SecAggParams(seed=5), timeout=120.0, num_rounds=settings.num_server_rounds)
         return run_rounds(LocalGrid(3, settings.to_run_config()), settings, strategy=strategy)
 
     whole = run(base.replace(checkpoint_dir=str(tmp_path / "whole")))

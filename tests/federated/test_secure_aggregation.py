@@ -44,6 +44,11 @@ from federated.secure_aggregation import PAYLOAD, THIS
 from secure_agg import SecAggError
 
 SHAPES = {"w": (4, 3), "b": (3,)}
+# Exchanges in which every client answers (an error reply counts) return as soon as the last
+# reply arrives; the timeout only bounds a loaded machine (a 5 s limit once dropped a client
+# under load 10 and failed an exact-survivors assertion). Tests that lose replies on purpose
+# pass their own short timeouts.
+PATIENT = 120.0
 
 
 @pytest.fixture(autouse=True)
@@ -271,7 +276,7 @@ def survivor_pids(grid: ThreadGrid, secure: SecureAggregation) -> list[int]:
 
 
 def run_rounds(grid: ThreadGrid, make_strategy: Any, rounds: int, params: SecAggParams, *,
-               timeout: float = 5.0, with_loss: bool = True, sensitivity: float = 1.0,
+               timeout: float = PATIENT, with_loss: bool = True, sensitivity: float = 1.0,
                **kwargs: Any) -> list[dict[str, Any]]:
     """Runs ``rounds`` secure rounds with ``grid.send_and_receive`` (as Flower's loop does) and
     checks each against the wrapped strategy run on the survivors' plain replies."""
@@ -338,10 +343,10 @@ def test_sampling_with_a_fraction_is_deterministic_with_the_run_seed() -> None:
     def nodes_per_round(seed: int) -> list[list[int]]:
         grid = make_grid(8)
         secure = SecureAggregation(FedAvg(fraction_train=0.5, fraction_evaluate=0.0), SecAggParams(seed=seed),
-                                   timeout=5.0, num_rounds=3)
+                                   timeout=PATIENT, num_rounds=3)
         arrays, out = initial_arrays(), []
         for r in range(1, 4):
-            replies = grid.send_and_receive(secure.configure_train(r, arrays, ConfigRecord(), grid), timeout=5.0)
+            replies = grid.send_and_receive(secure.configure_train(r, arrays, ConfigRecord(), grid), timeout=PATIENT)
             arrays, _ = secure.aggregate_train(r, replies)
             out.append(list(secure.last_round.nodes))
         return out
@@ -356,8 +361,8 @@ def test_a_node_without_the_mod_is_dropped_with_a_clear_reason() -> None:
     apps = {1000 + i: user_app() for i in range(4)}
     apps[1003] = user_app(mods=[])  # this node's app forgot the mod: it would send its update in the clear
     grid = ThreadGrid(apps)
-    secure = SecureAggregation(FedAvg(fraction_evaluate=0.0), SecAggParams(), timeout=5.0, num_rounds=1)
-    replies = grid.send_and_receive(secure.configure_train(1, initial_arrays(), ConfigRecord(), grid), timeout=5.0)
+    secure = SecureAggregation(FedAvg(fraction_evaluate=0.0), SecAggParams(), timeout=PATIENT, num_rounds=1)
+    replies = grid.send_and_receive(secure.configure_train(1, initial_arrays(), ConfigRecord(), grid), timeout=PATIENT)
     # It fails already when the session opens (its train handler cannot answer the setup step
     # with keys); either way it never takes part and the others are aggregated.
     out, _ = secure.aggregate_train(1, replies)
@@ -367,8 +372,8 @@ def test_a_node_without_the_mod_is_dropped_with_a_clear_reason() -> None:
 
 def test_too_few_survivors_stop_with_secagg_error() -> None:
     grid = make_grid(4, fail={(1, 0), (1, 1)})  # two of four fail: fewer than t = 3 remain
-    secure = SecureAggregation(FedAvg(fraction_evaluate=0.0), SecAggParams(), timeout=5.0, num_rounds=1)
-    replies = grid.send_and_receive(secure.configure_train(1, initial_arrays(), ConfigRecord(), grid), timeout=5.0)
+    secure = SecureAggregation(FedAvg(fraction_evaluate=0.0), SecAggParams(), timeout=PATIENT, num_rounds=1)
+    replies = grid.send_and_receive(secure.configure_train(1, initial_arrays(), ConfigRecord(), grid), timeout=PATIENT)
     with pytest.raises(SecAggError, match="fewer than the threshold"):
         secure.aggregate_train(1, replies)
 
@@ -465,7 +470,7 @@ def test_active_mode_reads_key_files_from_node_config_and_refuses_a_downgrade(tm
     history = run_rounds(grid, lambda: FedAvg(fraction_evaluate=0.0), 2, SecAggParams(active=True))
     assert [h["survivors"] for h in history] == [[0, 1, 2], [0, 1, 2]]
     # The same nodes refuse a server that asks for a semi-honest session.
-    secure = SecureAggregation(FedAvg(fraction_evaluate=0.0), SecAggParams(active=False), timeout=5.0)
+    secure = SecureAggregation(FedAvg(fraction_evaluate=0.0), SecAggParams(active=False), timeout=PATIENT)
     with pytest.raises(SecAggError, match="fewer than the threshold"):
         secure.configure_train(1, initial_arrays(), ConfigRecord(), grid)
     assert "configured for active" in " ".join(secure.last_round.discarded.values())
@@ -483,7 +488,7 @@ def test_secure_vs_plain_comparison_waits_for_every_node(num_nodes: int) -> None
     grid = make_grid(3, fail={(2, 2)})
     grid.registering = 1
     initial = {k: v.numpy() for k, v in initial_arrays().items()}
-    history = compare_secure_to_plain(grid, initial, 3, SecAggParams(seed=3), timeout=5.0,
+    history = compare_secure_to_plain(grid, initial, 3, SecAggParams(seed=3), timeout=PATIENT,
                                       num_nodes=num_nodes)["history"]
     assert [r["survivors"] for r in history] == [3, 2, 3]
     plain = [r["plain_replies"] for r in history]
