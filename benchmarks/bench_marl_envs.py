@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import parse_args
+from experiments.marl import team_indices
 from marl.evaluate import evaluate, random_policy
-from marl.kinds import team_indices
 from marl.mappo import MAPPO, MAPPOConfig, make_batched_env
 
 EVAL_SEED = 10_000

@@ -27,18 +27,20 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from experiments import Section
 from marl.gae import compute_gae
 from marl.networks import CentralCritic, LocalCritic, ValueNorm
 from marl.parallel_batch import ParallelBatch
 from marl.policy import GroupedActor, groups_of, save_policy
 
 
-class MAPPOConfig(Section):
+class MAPPOConfig(BaseModel):
     """Hyperparameters of MAPPO / IPPO (defaults tuned for mpe simple_spread, N=3)."""
+
+    # Unknown keys are refused, like every config section of the experiment runner.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     env: str = Field("mpe/simple_spread-v3", description="A registered environment id.")
     env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment.")

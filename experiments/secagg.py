@@ -154,7 +154,7 @@ class SecureFedAvgConfig(ExperimentConfig):
 
     Both runs go through the same round loop (:func:`federated.server_app.run_rounds`), so each
     checkpoints every round and `resume` continues an interrupted one. ``task`` names a user's
-    task module (see :mod:`federated.kinds`) instead of the built-in MLP on digits.
+    task module (see :mod:`experiments.federated`) instead of the built-in MLP on digits.
     """
 
     num_clients: int = Field(5, ge=2, le=100, description="Clients (SuperNodes).")
@@ -176,7 +176,7 @@ class SecureFedAvgConfig(ExperimentConfig):
     @classmethod
     def _check_task(cls, task: str) -> str:
         if task:
-            from federated.kinds import check_task_for_kinds
+            from experiments.federated import check_task_for_kinds
 
             check_task_for_kinds(task)
         return task
@@ -221,7 +221,7 @@ def run_fedavg(cfg: SecureFedAvgConfig, ctx: RunContext) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from federated.kinds import task_importable
+    from experiments.federated import task_importable
     from federated.simulation import simulate
 
     done: dict[str, Any] = dict(ctx.resume_state or {})

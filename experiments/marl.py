@@ -62,7 +62,7 @@ class EvalSettings(ExperimentConfig):
 def _check(cfg: EvalSettings) -> None:
     import re
 
-    from envs.kinds import check_env_kwargs
+    from experiments.rollout import check_env_kwargs
 
     try:
         check_env_kwargs(cfg.train.env, cfg.train.env_kwargs, key="train.env")
