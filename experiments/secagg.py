@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
+from experiments.federated import TaskPath
 from secure_agg.errors import SecAggError
 from secure_agg.quantize import Quantization
 from secure_agg.rounds import MASKED_INPUT, ROUNDS
@@ -169,17 +170,8 @@ class SecureFedAvgConfig(ExperimentConfig):
     neighbours: int = Field(0, ge=0, description="0: complete graph; k: SecAgg+ with k neighbours.")
     num_cpus: int = Field(2, ge=1, le=256, description="CPUs for Ray.")
     round_timeout: float = Field(600.0, gt=0, le=86_400, description="Seconds to wait for the clients in each message round.")
-    task: str = Field("", description="Import path of your task module (load_model, load_data, train, test, "
+    task: TaskPath = Field("", description="Import path of your task module (load_model, load_data, train, test, "
                                       "load_centralized_dataset), e.g. 'mypkg.task'; '' = the built-in MLP on digits.")
-
-    @field_validator("task")
-    @classmethod
-    def _check_task(cls, task: str) -> str:
-        if task:
-            from experiments.federated import check_task_for_kinds
-
-            check_task_for_kinds(task)
-        return task
 
     def settings(self, aggregation: str, checkpoint_dir: str) -> Any:
         """The Flower run settings of the ``plain`` or the ``secure`` run."""

@@ -250,9 +250,11 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
                 out = client.advertise_keys(_field(record, THIS, bytes))
                 _save(context, client)
                 return _reply(msg, out)
-            if step == SHARE:
+            if step in (SHARE, CHECK):
+                # One protocol round on the stored session, nothing of the user's app involved.
                 client = _load(context)
-                out = client.share_keys(_field(record, THIS, bytes))
+                answer = client.share_keys if step == SHARE else client.consistency_check
+                out = answer(_field(record, THIS, bytes))
                 _save(context, client)
                 return _reply(msg, out)
             if step == MASK:
@@ -270,11 +272,6 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
                     except SecAggError:
                         pass  # refusing the next session must not cost this one: the server opens a fresh one
                 return _reply(msg, masked, nxt)
-            if step == CHECK:
-                client = _load(context)
-                out = client.consistency_check(_field(record, THIS, bytes))
-                _save(context, client)
-                return _reply(msg, out)
             if step == UNMASK:
                 client = _load(context)
                 _forget(context, STATE_KEY)  # this session is over, answered or refused
