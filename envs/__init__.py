@@ -1,6 +1,18 @@
 """The common agent/environment API: policies, capabilities, agents, and the env registry."""
 
-from envs.api import Agent, Capability, Policy, RandomPolicy, agents_for
+from envs.api import (
+    CAPABILITY_KINDS,
+    Agent,
+    Aggregator,
+    Communicator,
+    DataSource,
+    Learner,
+    Masker,
+    ParameterStore,
+    Policy,
+    RandomPolicy,
+    Scheduler,
+)
 from envs.check import EnvCheckError, check_env, check_state, check_trainable
 from envs.registry import (
     EnvSpec,
@@ -14,13 +26,19 @@ from envs.registry import (
 )
 
 __all__ = [
+    "CAPABILITY_KINDS",
     "Agent",
-    "Capability",
+    "Aggregator",
+    "Communicator",
+    "DataSource",
+    "Learner",
+    "Masker",
+    "ParameterStore",
+    "Scheduler",
     "EnvCheckError",
     "EnvSpec",
     "Policy",
     "RandomPolicy",
-    "agents_for",
     "check_env",
     "check_state",
     "check_trainable",

@@ -416,10 +416,10 @@ def _ps_process(rank: int, world: int, cfg: PSConfig, task: LeastSquares) -> dic
         else:
             worker = rank - cfg.num_servers
             x, y = task.data(worker, cfg.num_workers)
-            from envs.api import Agent
+            from envs.api import Agent, ParameterStore
 
             agent = Agent(id=name).add(ParameterServerClient(worker, bounds, servers))
-            client = agent.capability("parameter_server")
+            client = agent.get(ParameterStore)
             for _ in range(cfg.steps):
                 params = client.pull()
                 if worker == 0 and cfg.straggler_delay_s > 0:

@@ -293,7 +293,7 @@ ALGORITHMS = {"ring": ring_allreduce, "naive": naive_allreduce, "tree": tree_all
 
 
 class RingAllReduce:
-    """The ring all-reduce as an agent capability (``name = "allreduce"``).
+    """The ring all-reduce as an agent's :class:`envs.api.Communicator`.
 
     Args:
         group: The process group to reduce over; None for the default group.
@@ -301,15 +301,13 @@ class RingAllReduce:
         average: Divide by the group size after summing (gradient averaging). Default False.
     """
 
-    name = "allreduce"
-
     def __init__(self, group: Any = None, algorithm: str = "ring", average: bool = False) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
         self.group, self.algorithm, self.average = group, algorithm, average
         self.bytes_sent = 0
 
-    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Reduces ``tensor`` in place and returns it; adds to ``bytes_sent``."""
         self.bytes_sent += ALGORITHMS[self.algorithm](tensor, self.group)
         if self.average:

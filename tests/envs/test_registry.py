@@ -87,25 +87,41 @@ def test_check_env_catches_a_broken_seed():
             envs.check_env(Unseeded(), env_fn=Unseeded)
 
 
-class Trainer:
-    name = "train"
+class Shard:
+    """A user's data source: nothing inherited, only the DataSource methods."""
 
-    def __init__(self):
-        self.steps = 0
+    def __init__(self, n):
+        self.n = n
+
+    def num_examples(self):
+        return self.n
+
+    def batches(self, seed):
+        return iter(np.random.default_rng(seed).permutation(self.n))
 
 
-def test_agent_holds_capabilities_and_acts():
-    agent = envs.Agent("a0", policy=lambda obs: obs.sum(axis=1))
-    agent.add(Trainer())
-    assert agent.can("train") and not agent.can("serve")
-    assert isinstance(agent.capability("train"), envs.Capability)
+class SGD:
+    def fit(self, model, data, seed):
+        model["seen"] = sorted(int(i) for i in data.batches(seed))
+        return {"loss": 0.0}
+
+
+def test_agent_finds_capabilities_by_kind_and_acts():
+    agent = envs.Agent("a0", policy=lambda obs: obs.sum(axis=1), capabilities=[Shard(5)])
+    agent.add(SGD())
+    assert agent.has(envs.DataSource) and agent.has(envs.Learner) and not agent.has(envs.Communicator)
+    model = {}
+    agent.get(envs.Learner).fit(model, agent.get(envs.DataSource), seed=3)
+    assert model["seen"] == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(agent.act(np.ones((4, 3))), np.full(4, 3.0))
-    with pytest.raises(ValueError, match="already has"):
-        agent.add(Trainer())
-    with pytest.raises(KeyError, match=r"has no capability 'serve' \(it has: train\)"):
-        agent.capability("serve")
-    with pytest.raises(TypeError, match="name"):
+    with pytest.raises(ValueError, match="already has a DataSource"):
+        agent.add(Shard(2))
+    with pytest.raises(KeyError, match=r"has no Communicator \(it has: DataSource, Learner\)"):
+        agent.get(envs.Communicator)
+    with pytest.raises(TypeError, match="no capability kind"):
         agent.add(object())
+    with pytest.raises(ValueError, match="has no policy"):
+        envs.Agent("a1").act(np.ones((1, 1)))
 
 
 def test_random_policy_is_seeded_and_batched():

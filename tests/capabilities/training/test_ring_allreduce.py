@@ -15,7 +15,7 @@ from capabilities.training import (
     tree_allreduce,
 )
 from capabilities.training.ring_allreduce import chunk_bounds, release_scratch
-from envs.api import Agent
+from envs.api import Agent, Communicator
 
 SIZES = [1, 2, 3, 7, 100, 1001]
 
@@ -75,8 +75,8 @@ def _checks(rank: int, world: int) -> dict:
         out["shape_error"] = str(exc)
     # The capability, held by an agent.
     agent = Agent(id=f"rank{rank}").add(RingAllReduce(average=True))
-    v = agent.capability("allreduce")(torch.full((4,), float(rank)))
-    out["capability"] = (v.tolist(), agent.capability("allreduce").bytes_sent)
+    v = agent.get(Communicator).all_reduce(torch.full((4,), float(rank)))
+    out["capability"] = (v.tolist(), agent.get(Communicator).bytes_sent)
     return out
 
 

@@ -9,7 +9,6 @@ import torch.distributed as dist
 from torch import nn
 
 from capabilities.training import ZeroOptimizer, launch, zero_formula_bytes
-from envs.api import Agent
 
 KW = {"lr": 0.05, "betas": (0.9, 0.99), "eps": 1e-8}
 STEPS = 4
@@ -51,8 +50,7 @@ def _all(rank: int, world: int) -> dict:
     out["moved"] = _diff(ref_params, list(_model().parameters()))
     for stage in (1, 2, 3):
         m = _model()
-        agent = Agent(id=f"rank{rank}", policy=m).add(ZeroOptimizer(m, stage, "Adam", **KW))
-        z = agent.capability("zero")
+        z = ZeroOptimizer(m, stage, "Adam", **KW)
         for t in range(STEPS):
             z.zero_grad()
             if t == 2:
