@@ -7,8 +7,9 @@ Small pieces, deliberately not a class hierarchy:
   client's model where it acts.
 * Capabilities -- small typed Protocols that running code calls: :class:`DataSource`,
   :class:`Learner`, :class:`Aggregator`, :class:`Communicator`, :class:`Masker`,
-  :class:`Scheduler`, :class:`ParameterStore`. An object is a capability of a kind when it
-  has that kind's methods (structural typing: nothing to inherit).
+  :class:`Scheduler`, :class:`ParameterStore`, :class:`MapReducer`, :class:`Searcher`,
+  :class:`Generator`. An object is a capability of a kind when it has that kind's methods
+  (structural typing: nothing to inherit).
 * :class:`Agent` -- an id, a policy, and capabilities looked up by kind:
   ``agent.get(Learner).fit(model, agent.get(DataSource), seed)``.
 
@@ -18,7 +19,7 @@ Environments are PettingZoo ``ParallelEnv`` objects that also implement ``state(
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -76,9 +77,12 @@ class Communicator(Protocol):
 
 @runtime_checkable
 class Masker(Protocol):
-    """The client side of secure aggregation: what leaves the agent is a masked vector."""
+    """The client side of secure aggregation: what leaves the agent is a masked vector.
 
-    def mask(self, vector: np.ndarray) -> np.ndarray: ...
+    ``mask`` returns the masked vector, or the (signed) protocol message that carries it.
+    """
+
+    def mask(self, vector: np.ndarray) -> np.ndarray | bytes: ...
 
 
 @runtime_checkable
@@ -97,9 +101,32 @@ class ParameterStore(Protocol):
     def push(self, gradient: Any) -> Any: ...
 
 
+@runtime_checkable
+class MapReducer(Protocol):
+    """Runs a MapReduce job: map every record to ``(key, value)`` pairs, shuffle them by key, reduce each key."""
+
+    def map_reduce(self, records: Iterable[Any], mapper: Callable[[Any], Iterable[tuple[Any, Any]]],
+                   reducer: Callable[[Any, list[Any]], Any],
+                   combiner: Callable[[Any, list[Any]], Any] | None = None) -> Any: ...
+
+
+@runtime_checkable
+class Searcher(Protocol):
+    """Answers a batch of text queries with the ids of the best documents of each, best first."""
+
+    def search(self, queries: Sequence[str]) -> Any: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Continues a batch of token prompts (language-model inference)."""
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int]) -> list[list[int]]: ...
+
+
 #: The capability kinds an :class:`Agent` accepts, in the order an error lists them.
 CAPABILITY_KINDS: tuple[type, ...] = (DataSource, Learner, Aggregator, Communicator, Masker, Scheduler,
-                                      ParameterStore)
+                                      ParameterStore, MapReducer, Searcher, Generator)
 
 
 def kinds_of(capability: Any) -> list[type]:
@@ -157,18 +184,3 @@ class Agent:
             raise ValueError(f"agent {self.id!r} has no policy")
         return self.policy(observations)
 
-
-class RandomPolicy:
-    """Samples uniformly from an action space, one action per observation in the batch.
-
-    Args:
-        action_space: A Gymnasium space.
-        seed: Seed of the policy's own generator. Default None (fresh entropy).
-    """
-
-    def __init__(self, action_space: Any, seed: int | None = None) -> None:
-        self.action_space = action_space
-        self.action_space.seed(seed)
-
-    def __call__(self, observations: np.ndarray) -> np.ndarray:
-        return np.stack([self.action_space.sample() for _ in range(len(observations))])

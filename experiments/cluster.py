@@ -58,12 +58,18 @@ class GangConfig(ExperimentConfig):
                description="Discrete-event cluster: greedy placement deadlocks, gang and rack-aware scheduling do not")
 def run_gang(cfg: GangConfig, ctx: RunContext) -> dict[str, Any]:
     from capabilities.cluster import gang as G
+    from envs.api import Agent, Scheduler
 
     cluster = G.ClusterSpec(cfg.racks, cfg.nodes_per_rack, cfg.slots_per_node)
+    # One scheduling agent per policy; every workload goes through its Scheduler.
+    schedulers = {p: Agent(f"scheduler/{p}", capabilities=[G.GangScheduler(
+        cluster, p, cross_rack_slowdown=cfg.cross_rack_slowdown, worker_launch_interval=cfg.worker_launch_interval)])
+        for p in G.POLICIES}
 
     # The two-job picture first: greedy holds 3+3 of 6 slots forever.
     ex_jobs, ex_cluster = G.deadlock_example()
-    example = {p: G.simulate(ex_jobs, ex_cluster, p) for p in G.POLICIES}
+    example = {p: Agent(f"example/{p}", capabilities=[G.GangScheduler(ex_cluster, p)]).get(Scheduler).schedule(ex_jobs)
+               for p in G.POLICIES}
     for p, r in example.items():
         ctx.log(case="two_gangs_on_6_slots", policy=p, deadlocked=r.deadlocked, completed=len(r.completed),
                 end_time=r.end_time)
@@ -75,8 +81,7 @@ def run_gang(cfg: GangConfig, ctx: RunContext) -> dict[str, Any]:
         for trial in range(cfg.trials):
             jobs = G.generate_jobs(cfg.jobs, cluster, arrival_rate=rate, worker_choices=cfg.worker_choices,
                                    mean_duration=cfg.mean_duration, seed=cfg.seed + trial)
-            results = {p: G.simulate(jobs, cluster, p, cross_rack_slowdown=cfg.cross_rack_slowdown,
-                                     worker_launch_interval=cfg.worker_launch_interval) for p in G.POLICIES}
+            results = {p: agent.get(Scheduler).schedule(jobs) for p, agent in schedulers.items()}
             # A deadlocked cluster does no more work, ever: its utilization is measured over the
             # longest run of this workload, not over its own short life.
             window = max(r.end_time for r in results.values())

@@ -49,6 +49,7 @@ class ShuffleConfig(ExperimentConfig):
                description="MapReduce word count / inverted index: stable crc32 partitioning, combiner, partition skew")
 def run_shuffle(cfg: ShuffleConfig, ctx: RunContext) -> dict[str, Any]:
     from capabilities.data import shuffle as S
+    from envs.api import Agent, MapReducer
 
     corpus = [(f"{doc}#{r}", text) for r in range(cfg.corpus_repeats) for doc, text in S.pydoc_corpus()]
     if cfg.task == "word_count":
@@ -62,12 +63,12 @@ def run_shuffle(cfg: ShuffleConfig, ctx: RunContext) -> dict[str, Any]:
                 groups[w].add(doc)
         reference = {w: tuple(sorted(d)) for w, d in groups.items()}
 
+    # The job runs through an agent's MapReducer.
+    agent = Agent("mapreduce", capabilities=[S.MapReduce(cfg.num_partitions, cfg.workers, cfg.map_tasks)])
     stats = {}
     for combine in (False, True):
         t0 = time.perf_counter()
-        parts, st = S.map_reduce_partitions(corpus, mapper, reducer, num_partitions=cfg.num_partitions,
-                                            combiner=reducer if combine else None, workers=cfg.workers,
-                                            map_tasks=cfg.map_tasks)
+        parts, st = agent.get(MapReducer).map_reduce(corpus, mapper, reducer, combiner=reducer if combine else None)
         ctx.log_timing(combiner=combine, seconds=time.perf_counter() - t0, workers=cfg.workers)
         merged = {k: v for p in parts for k, v in p.items()}
         owners = collections.Counter(k for p in parts for k in p)
@@ -160,6 +161,7 @@ class FunnelConfig(ExperimentConfig):
                description="Retrieve-then-rank: recall@k per stage against exhaustive MiniLM scoring as K varies")
 def run_funnel(cfg: FunnelConfig, ctx: RunContext) -> dict[str, Any]:
     from capabilities.data import funnel as F
+    from envs.api import Agent, Searcher
 
     passages = F.pydoc_passages()
     rng = np.random.default_rng(cfg.seed)
@@ -192,7 +194,9 @@ def run_funnel(cfg: FunnelConfig, ctx: RunContext) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for name, ret in retrievers.items():
         for K in ctx.progress(sorted(cfg.candidates), description=f"funnel {name}"):
-            res = F.funnel(queries, ret, reranker, k=cfg.k, K=K)
+            # Each (stage one, K) is a searching agent; the queries go through its Searcher.
+            agent = Agent(f"{name}/K{K}", capabilities=[F.RetrieveThenRank(ret, reranker, k=cfg.k, K=K)])
+            res = agent.get(Searcher).search(queries)
             row = {"stage1": name, "K": K,
                    "stage1_recall_at_K": F.recall(res.candidates, truth),
                    "stage1_recall_at_k": F.recall([c[: cfg.k] for c in res.candidates], truth),

@@ -78,7 +78,8 @@ def run_paged_kv(cfg: PagedKVConfig, ctx: RunContext) -> dict[str, Any]:
         sequences_in_budget,
     )
     from capabilities.inference.serving import Request, serve
-    from capabilities.inference.tiny_decoder import TinyDecoder, TinyDecoderConfig, generate
+    from capabilities.inference.tiny_decoder import CachedGenerator, TinyDecoder, TinyDecoderConfig
+    from envs.api import Agent, Generator
 
     rng = np.random.default_rng(cfg.seed)
     with _one_thread():
@@ -97,11 +98,14 @@ def run_paged_kv(cfg: PagedKVConfig, ctx: RunContext) -> dict[str, Any]:
         def record(step: int, cache: Any) -> None:
             trace.append({"step": step, "tokens": cache.tokens_stored(), "paged_slots": cache.slots_reserved()})
 
+        # Two serving agents with the same weights, one Generator on each cache.
+        paged_server = Agent("paged", capabilities=[CachedGenerator(model, paged, on_step=record)])
+        contig_server = Agent("contiguous", capabilities=[CachedGenerator(
+            model, contiguous, on_step=lambda step, cache: contig_slots.append(cache.slots_reserved()))])
         t0 = time.perf_counter()
-        out_paged = generate(model, paged, prompts, budget, on_step=record)
+        out_paged = paged_server.get(Generator).generate(prompts, budget)
         t1 = time.perf_counter()
-        out_contig = generate(model, contiguous, prompts, budget,
-                              on_step=lambda step, cache: contig_slots.append(cache.slots_reserved()))
+        out_contig = contig_server.get(Generator).generate(prompts, budget)
         t2 = time.perf_counter()
         paged.check()
         equal = out_paged == out_contig

@@ -1,4 +1,9 @@
-"""Experiment kind ``rollout``: a baseline policy played on any registered environment."""
+"""Experiment kind ``rollout``: baselines or a saved policy played on any registered environment.
+
+The episodes and the baselines are :mod:`marl.evaluate`'s (the one rollout-and-baselines
+module); this module holds the config, its checks of an environment's keyword arguments, and
+the figure.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from envs.api import RandomPolicy
 from envs.registry import make
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 
@@ -137,34 +141,6 @@ def check_env_kwargs(env_id: str, kwargs: dict[str, Any], *, key: str = "env") -
         env.close()
 
 
-def play(env: Any, policy: Any, episodes: int, seed: int) -> np.ndarray:
-    """Mean per-agent return of each episode (``episodes`` values)."""
-    returns = np.zeros(episodes)
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        total = 0.0
-        while env.agents:
-            names = list(env.agents)
-            if hasattr(policy, "act"):  # a saved MARL policy acts on the observation dict itself
-                actions = policy.act(obs)
-            else:
-                actions = dict(zip(names, policy(np.stack([obs[a] for a in names])), strict=True))
-            obs, rew, term, trunc, _ = env.step(actions)
-            total += sum(rew.values()) / len(env.possible_agents)
-        returns[ep] = total
-    return returns
-
-
-class NoopPolicy:
-    """Action 0 for every agent (a no-op in the MPE discrete action spaces)."""
-
-    def __init__(self, action_space: Any) -> None:
-        self.zero = np.zeros(action_space.shape, dtype=action_space.dtype) if action_space.shape else 0
-
-    def __call__(self, observations: np.ndarray) -> np.ndarray:
-        return np.array([self.zero] * len(observations))
-
-
 @register_kind("rollout", RolloutConfig, axis="intelligence",
                description="Baseline policies (random, no-op) played on a registered environment")
 def run_rollout(cfg: RolloutConfig, ctx: RunContext) -> dict[str, Any]:
@@ -177,7 +153,8 @@ def run_rollout(cfg: RolloutConfig, ctx: RunContext) -> dict[str, Any]:
         env = make(cfg.env, **cfg.env_kwargs)
     except (TypeError, ValueError) as exc:  # a value the environment's own checks refuse
         raise UserError(f"config key 'env_kwargs': {exc}") from None
-    space = env.action_space(env.possible_agents[0])
+    from marl.evaluate import noop_policy, play_episodes, random_policy
+
     results: dict[str, np.ndarray] = dict(ctx.resume_state or {})
     for name in ctx.progress(cfg.policies, description=f"rollout {cfg.env}"):
         if name in results:
@@ -187,8 +164,10 @@ def run_rollout(cfg: RolloutConfig, ctx: RunContext) -> dict[str, Any]:
 
             policy: Any = load_policy(cfg.policy_dir)
         else:
-            policy = RandomPolicy(space, seed=cfg.seed) if name == "random" else NoopPolicy(space)
-        returns = play(env, policy, cfg.episodes, cfg.seed)
+            policy = random_policy(env, cfg.seed) if name == "random" else noop_policy(env)
+        # Mean per-agent return of each episode.
+        returns = np.array([sum(ep.values()) / len(env.possible_agents)
+                            for ep in play_episodes(env, policy, cfg.episodes, cfg.seed)])
         for ep, r in enumerate(returns):
             ctx.log(policy=name, episode=ep, mean_agent_return=float(r))
         results[name] = returns

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+
+from federated.arrays import from_numpy, to_numpy
 
 WEIGHT_KEY = "num-examples"
 # Per-reply bookkeeping, not something to average over clients.
@@ -88,9 +90,9 @@ def aggregate_replies(contents: Sequence[RecordDict], weight_key: str = WEIGHT_K
     weights = []
     for content in contents:
         record = next(iter(content.array_records.values()))
-        arrays.append({k: v.numpy() for k, v in record.items()})
+        arrays.append(to_numpy(record, copy=False))
         weights.append(float(next(iter(content.metric_records.values()))[weight_key]))
-    return ArrayRecord({k: Array(np.asarray(v)) for k, v in fedavg(arrays, weights).items()})
+    return from_numpy(fedavg(arrays, weights))
 
 
 def weighted_metrics(records: Sequence[Any], weight_key: str = WEIGHT_KEY) -> dict[str, float]:

@@ -1,27 +1,39 @@
-"""The evaluator: whole episodes of a policy on a batched environment, and the baselines.
+"""Rollouts and baselines: every policy of the project played through the one Policy contract.
 
-:func:`evaluate` plays one episode in each of ``episodes`` environments at once (the same
-starting worlds for every policy given the same seed) and reports, in mpe2's convention,
-the per-agent return: each agent's summed reward over the episode, averaged over agents and
-episodes. On simple_spread it also reports the landmarks covered (within 0.1 of an agent) at
-the end of the episode and the colliding pairs summed over the episode.
+A policy is an :class:`envs.api.Policy`: observations ``[B, N, obs_dim]`` in (B worlds, N
+agents, padded as :class:`marl.parallel_batch.ParallelBatch` gives them), the environment's
+actions ``[B, N]`` (or ``[B, N, A]``) out. A trained actor, a saved one
+(:class:`marl.policy.SavedPolicy`) and the baselines here all are one.
 
-Baselines measured on the same evaluator: ``random`` (uniform actions from a seeded
-generator), ``noop`` (action 0) and ``scripted`` (agent i steers to landmark i).
+* :func:`evaluate` plays one episode in each of ``episodes`` environments at once (the same
+  starting worlds for every policy given the same seed) and reports, in mpe2's convention,
+  the per-agent return: each agent's summed reward over the episode, averaged over agents and
+  episodes. On simple_spread it also reports the landmarks covered (within 0.1 of an agent) at
+  the end of the episode and the colliding pairs summed over the episode.
+* :func:`play_episodes` plays a policy on one PettingZoo ``ParallelEnv``, episode after
+  episode (the ``rollout`` experiment kind, ``agora play``): each observation dict is packed
+  into a batch of one world, each action row unpacked into the agent's action.
+
+Baselines: ``random`` (uniform actions from a seeded generator), ``noop`` (action 0) and
+``scripted`` (agent i steers to landmark i, simple_spread only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-BatchPolicy = Callable[[torch.Tensor], torch.Tensor]
+from envs.api import Policy
+
+if TYPE_CHECKING:
+    from marl.policy import Group
 
 
 @torch.no_grad()
-def evaluate(policy: BatchPolicy, env: Any, seed: int, teams: dict[str, list[int]] | None = None) -> dict[str, Any]:
+def evaluate(policy: Policy, env: Any, seed: int, teams: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """Plays one episode per environment of ``env`` (reset with ``seed``).
 
     Args:
@@ -64,7 +76,7 @@ def evaluate(policy: BatchPolicy, env: Any, seed: int, teams: dict[str, list[int
     return out
 
 
-def random_policy(env: Any, seed: int) -> BatchPolicy:
+def random_policy(env: Any, seed: int) -> Policy:
     """Uniform random actions from the policy's own generator (inside each Box's bounds)."""
     from marl.policy import groups_of
 
@@ -90,7 +102,7 @@ def random_policy(env: Any, seed: int) -> BatchPolicy:
     return act
 
 
-def noop_policy(env: Any) -> BatchPolicy:
+def noop_policy(env: Any) -> Policy:
     """Action 0 for every agent (no force in the MPE discrete action space); zeros clipped to each Box."""
     from marl.policy import groups_of
 
@@ -112,7 +124,7 @@ def noop_policy(env: Any) -> BatchPolicy:
     return act
 
 
-def scripted_spread_policy(env: Any, damping: float = 0.5) -> BatchPolicy:
+def scripted_spread_policy(env: Any, damping: float = 0.5) -> Policy:
     """simple_spread heuristic: agent i steers to landmark i from its own observation.
 
     The observation holds the agent's velocity (columns 0-1) and landmark l relative to it
@@ -146,9 +158,86 @@ def scripted_spread_policy(env: Any, damping: float = 0.5) -> BatchPolicy:
 def baselines(env: Any, seed: int, names: tuple[str, ...] = ("random", "noop", "scripted"),
               teams: dict[str, list[int]] | None = None) -> dict[str, dict[str, Any]]:
     """Each baseline's :func:`evaluate` result on ``env`` with ``seed`` (scripted: simple_spread only)."""
-    makers: dict[str, Callable[[], BatchPolicy]] = {
+    makers: dict[str, Callable[[], Policy]] = {
         "random": lambda: random_policy(env, seed),
         "noop": lambda: noop_policy(env),
         "scripted": lambda: scripted_spread_policy(env),
     }
     return {name: evaluate(makers[name](), env, seed, teams) for name in names}
+
+
+# --------------------------------------------------------------------------------------------
+# Playing a policy on one PettingZoo ParallelEnv
+
+
+def pack_observations(observations: Mapping[str, Any], agents: Sequence[str], obs_dim: int) -> torch.Tensor:
+    """One ParallelEnv's observation dict as a batch of one world, ``[1, N, obs_dim]`` float32.
+
+    Each agent's observation is flattened into its row; agents absent from the dict (gone
+    from the episode) and the padding of narrower observations are zeros.
+    """
+    packed = np.zeros((1, len(agents), obs_dim), dtype=np.float32)
+    for k, a in enumerate(agents):
+        if a in observations:
+            flat = np.asarray(observations[a], dtype=np.float32).ravel()
+            packed[0, k, : flat.size] = flat
+    return torch.from_numpy(packed)
+
+
+def unpack_actions(actions: np.ndarray, agents: Sequence[str], groups: Sequence[Group],
+                   present: Mapping[str, Any]) -> dict[str, Any]:
+    """One world's action rows ``[N]`` or ``[N, A]`` as the action dict of the agents in ``present``."""
+    out: dict[str, Any] = {}
+    for g in groups:
+        for k in g.agents:
+            a = agents[k]
+            if a not in present:
+                continue
+            row = actions[k]
+            out[a] = int(row if row.ndim == 0 else row[0]) if g.discrete else \
+                row[: g.size].reshape(g.act_shape).astype(np.float32)
+    return out
+
+
+def act_on_dict(policy: Policy, observations: Mapping[str, Any], agents: Sequence[str], groups: Sequence[Group],
+                obs_dim: int) -> dict[str, Any]:
+    """The actions ``policy`` takes in one ParallelEnv step, for the agents present in ``observations``."""
+    actions = policy(pack_observations(observations, agents, obs_dim))
+    return unpack_actions(np.asarray(torch.as_tensor(actions).cpu())[0], agents, groups, observations)
+
+
+def play_episodes(env: Any, policy: Policy, episodes: int, seed: int,
+                  on_step: Callable[[Any], None] | None = None) -> list[dict[str, float]]:
+    """Plays ``policy`` on the ParallelEnv ``env``; episode ``e`` starts from ``reset(seed=seed + e)``.
+
+    Args:
+        env: A PettingZoo ParallelEnv (``envs.make``).
+        policy: Observations ``[1, N, obs_dim]`` -> actions ``[1, N]`` or ``[1, N, A]``.
+        episodes: Episodes to play (>= 1).
+        seed: Reset seed of the first episode.
+        on_step: Called with ``env`` after each reset and each step (to render frames). Default None.
+
+    Returns:
+        Per episode, each agent's summed reward.
+    """
+    from marl.policy import groups_of
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    groups = groups_of(env)
+    agents = list(env.possible_agents)
+    obs_dim = max(g.obs_dim for g in groups)
+    out: list[dict[str, float]] = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        totals = dict.fromkeys(agents, 0.0)
+        if on_step is not None:
+            on_step(env)
+        while env.agents:
+            obs, rewards, _, _, _ = env.step(act_on_dict(policy, obs, agents, groups, obs_dim))
+            for a, r in rewards.items():
+                totals[a] += float(r)
+            if on_step is not None:
+                on_step(env)
+        out.append(totals)
+    return out

@@ -33,7 +33,7 @@ from torch import nn
 from marl.gae import compute_gae
 from marl.networks import CentralCritic, LocalCritic, ValueNorm
 from marl.parallel_batch import ParallelBatch
-from marl.policy import GroupedActor, groups_of, save_policy
+from marl.policy import GroupedActor, JointPolicy, groups_of, save_policy
 
 
 class MAPPOConfig(BaseModel):
@@ -50,6 +50,8 @@ class MAPPOConfig(BaseModel):
     rollout_steps: int = Field(25, ge=1, le=100_000, description="Steps per environment between updates (T).")
     central_critic: bool = Field(True, description="MAPPO's critic on env.state(); False gives IPPO's critic on local observations.")
     share_params: bool = Field(True, description="One actor for all agents with a one-hot agent id, else one per agent.")
+    agent_id: bool = Field(True, description="With share_params: the shared actor reads a one-hot agent id. False: it reads "
+                           "the observation alone, so the saved actor runs at any number of agents (a swarm).")
     hidden: int = Field(64, ge=1, le=8192, description="Hidden width of actor and critic.")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate.")
     anneal_lr: bool = Field(True, description="Decay the learning rate linearly to 0 over training.")
@@ -132,8 +134,11 @@ class MAPPO:
         # (MAPPO) or on each agent's own observation (IPPO), its value normalization and optimizer.
         init = torch.Generator().manual_seed(seed)
         self.groups = groups_of(env, env_teams(cfg))
-        self.actor = GroupedActor(self.groups, self.num_agents, share_params=cfg.share_params, hidden=cfg.hidden,
-                                  encoder=cfg.encoder, generator=init).to(self.device)
+        self.actor = GroupedActor(self.groups, self.num_agents, share_params=cfg.share_params, agent_id=cfg.agent_id,
+                                  hidden=cfg.hidden, encoder=cfg.encoder, generator=init).to(self.device)
+        # The policy at execution, as evaluation and playback take any policy: each agent's
+        # most likely action from its own observation (the same class a saved policy is).
+        self.greedy_policy = JointPolicy(self.actor, greedy=True, device=self.device)
         self.teams: dict[str, list[int]] = {}
         for g in self.groups:
             self.teams.setdefault(g.team, []).extend(g.agents)
@@ -340,17 +345,12 @@ class MAPPO:
             out[key] = returns[:, idx.cpu()].mean().item() if returns.shape[0] else None
         return out
 
-    @torch.no_grad()
-    def greedy_policy(self, obs: torch.Tensor) -> torch.Tensor:
-        """Each agent's most likely action from its own observation: the policy at execution."""
-        return self.actor.to_env(self.actor.greedy(obs.to(self.device).float()))
-
     def save_policy(self, directory: Any) -> Any:
         """Saves the actor and what rebuilds it (:func:`marl.policy.save_policy`)."""
         cfg = self.cfg
         return save_policy(directory, self.actor, {
             "env": cfg.env, "env_kwargs": cfg.env_kwargs, "backend": cfg.backend, "agents": list(self.env.possible_agents), "obs_dim": self.obs_dim,
-            "hidden": cfg.hidden, "share_params": cfg.share_params, "encoder": cfg.encoder,
+            "hidden": cfg.hidden, "share_params": cfg.share_params, "agent_id": cfg.agent_id, "encoder": cfg.encoder,
             "central_critic": cfg.central_critic, "update": self.update_index, "env_steps": self.update_index * self.batch_steps,
         })
 

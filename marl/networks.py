@@ -132,6 +132,8 @@ class Actor(nn.Module):
         act_dim: Discrete actions (logits) or continuous dimensions.
         continuous: Gaussian policy instead of a categorical one.
         share_params: One network for every agent of the group, told apart by a one-hot id.
+        agent_id: With ``share_params``, append the one-hot agent id to each input. Default True.
+            False: the network reads the observation alone, so it runs at any number of agents.
         hidden: Hidden width. Default 64.
         low: Lower bounds of a continuous action (one per dimension); None: unbounded.
         high: Upper bounds of a continuous action; None: unbounded.
@@ -141,14 +143,14 @@ class Actor(nn.Module):
     """
 
     def __init__(self, num_agents: int, obs_dim: int, act_dim: int, *, continuous: bool, share_params: bool,
-                 hidden: int = 64, low: list[float] | None = None, high: list[float] | None = None,
+                 agent_id: bool = True, hidden: int = 64, low: list[float] | None = None, high: list[float] | None = None,
                  image_shape: tuple[int, int, int] | None = None, image_scale: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.continuous = continuous
         self.num_agents = num_agents
         self.obs_dim = obs_dim
-        share_ids = share_params and num_agents > 1
+        share_ids = share_params and agent_id and num_agents > 1
         self.inputs = _AgentInputs(num_agents, share_ids)
         self.encoder = ImageEncoder(image_shape, hidden, image_scale, generator=generator) if image_shape else None
         feat = hidden if image_shape else obs_dim

@@ -1,7 +1,8 @@
 """Watching and scoring a saved policy: ``agora play RUN_DIR`` and ``agora eval RUN_DIR``.
 
 * :func:`play` rolls the saved policy out in its own environment (``envs.make`` with the
-  run's keyword arguments), one episode after another from ``reset(seed=seed + episode)``,
+  run's keyword arguments) through :func:`marl.evaluate.play_episodes`, one episode after
+  another from ``reset(seed=seed + episode)``,
   and returns each agent's and each team's return; with ``gif`` it writes the frames of the
   environment's ``rgb_array`` render as an animated GIF.
 * :func:`evaluate_saved` plays ``episodes`` episodes at once on the batched evaluator of
@@ -41,6 +42,7 @@ def play(run_dir: str | Path, *, episodes: int = 1, gif: str | Path | None = Non
     import numpy as np
 
     import envs
+    from marl.evaluate import play_episodes
     from marl.policy import load_policy
 
     if episodes < 1:
@@ -51,20 +53,13 @@ def play(run_dir: str | Path, *, episodes: int = 1, gif: str | Path | None = Non
         kwargs["render_mode"] = "rgb_array"
     env = envs.make(policy.env_id, **kwargs)
     frames: list[np.ndarray] = []
-    per_episode: list[dict[str, float]] = []
+
+    def record(e: Any) -> None:
+        if gif is not None:
+            frames.append(np.asarray(e.render()))
+
     try:
-        for ep in range(episodes):
-            obs, _ = env.reset(seed=seed + ep)
-            totals = dict.fromkeys(policy.agents, 0.0)
-            if gif is not None:
-                frames.append(np.asarray(env.render()))
-            while env.agents:
-                obs, rewards, _, _, _ = env.step(policy.act(obs))
-                for a, r in rewards.items():
-                    totals[a] += float(r)
-                if gif is not None:
-                    frames.append(np.asarray(env.render()))
-            per_episode.append(totals)
+        per_episode = play_episodes(env, policy, episodes, seed, on_step=record)
     finally:
         env.close()
     agent_returns = {a: float(np.mean([e[a] for e in per_episode])) for a in policy.agents}

@@ -10,6 +10,10 @@ index sits in column 0, a continuous agent's pre-squash ``u`` in its first ``siz
 when every agent is discrete, else ``[..., N, A]`` floats (indices in column 0, bounded actions
 squashed into their Box).
 
+**Policies**: :class:`JointPolicy` is the grouped actor as one :class:`envs.api.Policy` (the
+trainer's greedy policy, a saved policy); its agents are :class:`envs.api.Agent` objects, one
+per group, each acting through its group's actor (:class:`GroupPolicy`).
+
 **Saved policies**: a directory with ``policy.json`` (format, environment id and keyword
 arguments, agent names, groups with their spaces, sizes, observation preprocessing) and
 ``actor.pt`` (the actor's ``state_dict``: tensors only, read with
@@ -28,6 +32,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from envs.api import Agent
 from envs.files import atomic_write_bytes
 from marl.networks import Actor
 
@@ -145,13 +150,14 @@ class GroupedActor(nn.Module):
         groups: The groups (every agent in exactly one).
         num_agents: N.
         share_params: Share parameters inside each group.
+        agent_id: With ``share_params``, the shared actor also reads a one-hot agent id. Default True.
         hidden: Hidden width.
         encoder: ``auto`` (a CNN for image observations), ``mlp`` or ``cnn``.
         generator: Generator of the initial weights.
     """
 
-    def __init__(self, groups: list[Group], num_agents: int, *, share_params: bool, hidden: int = 64,
-                 encoder: str = "auto", generator: torch.Generator | None = None) -> None:
+    def __init__(self, groups: list[Group], num_agents: int, *, share_params: bool, agent_id: bool = True,
+                 hidden: int = 64, encoder: str = "auto", generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.groups = list(groups)
         self.num_agents = num_agents
@@ -161,7 +167,7 @@ class GroupedActor(nn.Module):
             if use_cnn and len(g.obs_shape) != 3:
                 raise ValueError(f"encoder 'cnn' needs (H, W, C) observations; group {g.name!r} has shape {g.obs_shape}")
             self.actors.append(Actor(len(g.agents), g.obs_dim, g.size, continuous=not g.discrete, share_params=share_params,
-                                     hidden=hidden, low=list(g.low) if g.low else None, high=list(g.high) if g.high else None,
+                                     agent_id=agent_id, hidden=hidden, low=list(g.low) if g.low else None, high=list(g.high) if g.high else None,
                                      image_shape=g.obs_shape if use_cnn else None, image_scale=g.obs_scale, generator=generator))
             if not use_cnn and g.obs_scale != 1.0:
                 self.actors[-1].obs_scale = g.obs_scale
@@ -209,14 +215,6 @@ class GroupedActor(nn.Module):
                 parts.append(idx.float().unsqueeze(-1))
         return self._scatter(obs, parts, self.act_width)
 
-    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
-        """Most likely actions ``[..., N, A]`` (the Gaussian's mean for continuous agents)."""
-        parts = []
-        for _, actor, _, x in self._parts(obs):
-            a = actor.greedy(x)
-            parts.append(a if actor.continuous else a.float().unsqueeze(-1))
-        return self._scatter(obs, parts, self.act_width)
-
     def log_prob_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy per agent, ``[..., N]`` each."""
         logps, ents = [], []
@@ -238,6 +236,91 @@ class GroupedActor(nn.Module):
             if not g.discrete:
                 idx = getattr(self, f"idx{i}")
                 out[..., idx, : g.size] = actor.to_env(actions.index_select(-2, idx)[..., : g.size])
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The actors as Policies
+
+
+class GroupPolicy:
+    """One group's actor as an :class:`envs.api.Policy`: its agents' observations in, their actions out.
+
+    Called with observations ``[..., n, obs]`` (``n`` the group's agents; any ``n`` when the
+    actor reads no one-hot agent id), it returns the environment's actions: indices ``[..., n]``
+    for a Discrete group, actions squashed into the Box ``[..., n, size]`` for a continuous one.
+
+    Args:
+        group: The group.
+        actor: Its actor.
+        greedy: Most likely actions (default) or samples.
+        generator: Generator of the samples (shared by the groups of one joint policy).
+    """
+
+    def __init__(self, group: Group, actor: Actor, *, greedy: bool = True, generator: torch.Generator | None = None) -> None:
+        self.group, self.actor, self.greedy, self.generator = group, actor, greedy, generator
+
+    def raw(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions before the environment's conversion: ``[..., n, 1]`` indices (float) or ``u``."""
+        x = obs[..., : self.group.obs_dim]
+        scale = getattr(self.actor, "obs_scale", 1.0)
+        if scale != 1.0:
+            x = x / scale
+        if self.greedy:
+            a = self.actor.greedy(x)
+            return a if self.actor.continuous else a.float().unsqueeze(-1)
+        dist = self.actor.distribution(x)
+        if self.actor.continuous:
+            noise = torch.randn(dist.mean.shape, generator=self.generator, device=obs.device)
+            return dist.mean + dist.stddev * noise
+        probs = dist.probs.reshape(-1, dist.probs.shape[-1])
+        idx = torch.multinomial(probs, 1, generator=self.generator).view(dist.probs.shape[:-1])
+        return idx.float().unsqueeze(-1)
+
+    @torch.no_grad()
+    def __call__(self, observations: torch.Tensor) -> torch.Tensor:
+        raw = self.raw(torch.as_tensor(observations, dtype=torch.float32))
+        return raw[..., 0].round().long() if self.group.discrete else self.actor.to_env(raw)
+
+
+class JointPolicy:
+    """Every agent's actor as one :class:`envs.api.Policy` over ``[..., N, obs_dim]``.
+
+    Its agents (:attr:`group_agents`) are :class:`envs.api.Agent` objects, one per group, whose
+    policy is the group's :class:`GroupPolicy`; a call hands each its agents' rows and gathers
+    their actions: ``[..., N]`` integers when every agent is discrete, else ``[..., N, A]``
+    floats (indices in column 0, bounded actions squashed into their Box).
+
+    Args:
+        actor: The grouped actor (trained in place: the policy always acts with its current weights).
+        greedy: Most likely actions (default) or samples.
+        generator: Generator of the samples. Default None (torch's global one).
+        device: Where observations are moved before acting. Default CPU.
+    """
+
+    def __init__(self, actor: GroupedActor, *, greedy: bool = True, generator: torch.Generator | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.actor, self.device = actor, torch.device(device)
+        self.group_agents = [Agent(g.name, policy=GroupPolicy(g, a, greedy=greedy, generator=generator))
+                             for g, a in zip(actor.groups, actor.actors, strict=True)]
+
+    @torch.no_grad()
+    def __call__(self, observations: torch.Tensor) -> torch.Tensor:
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
+        lead, n = obs.shape[:-2], self.actor.num_agents
+        parts = [(getattr(self.actor, f"idx{i}"), agent.act(obs.index_select(-2, getattr(self.actor, f"idx{i}"))))
+                 for i, agent in enumerate(self.group_agents)]
+        if self.actor.all_discrete:
+            out = torch.zeros((*lead, n), dtype=torch.long, device=obs.device)
+            for idx, a in parts:
+                out[..., idx] = a
+            return out
+        out = torch.zeros((*lead, n, self.actor.act_width), device=obs.device)
+        for (idx, a), g in zip(parts, self.actor.groups, strict=True):
+            if g.discrete:
+                out[..., idx, 0] = a.float()
+            else:
+                out[..., idx, : g.size] = a
         return out
 
 
@@ -291,8 +374,8 @@ def find_policy_dir(run_dir: str | Path) -> Path:
                             f"{', '.join(str(c) for c in candidates)} and their subdirectories)")
 
 
-class SavedPolicy:
-    """A trained MAPPO actor as an :class:`envs.Policy`.
+class SavedPolicy(JointPolicy):
+    """A trained MAPPO actor loaded back: a :class:`JointPolicy` with what rebuilds its environment.
 
     Called with observations ``[B, N, obs_dim]`` (padded as :class:`marl.parallel_batch.ParallelBatch`
     gives them), it returns the environment's actions for all ``B`` worlds; :meth:`act` takes
@@ -306,10 +389,10 @@ class SavedPolicy:
     """
 
     def __init__(self, actor: GroupedActor, meta: dict[str, Any], *, greedy: bool = True, seed: int = 0) -> None:
-        self.actor = actor.eval()
+        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(actor.eval(), greedy=greedy, generator=self.generator)
         self.meta = meta
         self.greedy = greedy
-        self.generator = torch.Generator().manual_seed(seed)
         self.agents: list[str] = list(meta["agents"])
         self.obs_dim = int(meta["obs_dim"])
         self.env_id: str = meta["env"]
@@ -318,30 +401,11 @@ class SavedPolicy:
         for g in actor.groups:
             self.teams[g.team].extend(self.agents[k] for k in g.agents)
 
-    @torch.no_grad()
-    def __call__(self, observations: torch.Tensor) -> torch.Tensor:
-        obs = torch.as_tensor(observations, dtype=torch.float32)
-        raw = self.actor.greedy(obs) if self.greedy else self.actor.sample(obs, self.generator)
-        return self.actor.to_env(raw)
-
     def act(self, observations: dict[str, Any]) -> dict[str, Any]:
         """Actions of the agents present in a ParallelEnv's observation dict."""
-        packed = np.zeros((1, len(self.agents), self.obs_dim), dtype=np.float32)
-        for k, a in enumerate(self.agents):
-            if a in observations:
-                flat = np.asarray(observations[a], dtype=np.float32).ravel()
-                packed[0, k, : flat.size] = flat
-        actions = self(torch.from_numpy(packed))[0].numpy()
-        out: dict[str, Any] = {}
-        for g in self.actor.groups:
-            for k in g.agents:
-                a = self.agents[k]
-                if a not in observations:
-                    continue
-                row = actions[k]
-                out[a] = int(row if row.ndim == 0 else row[0]) if g.discrete else \
-                    row[: g.size].reshape(g.act_shape).astype(np.float32)
-        return out
+        from marl.evaluate import act_on_dict
+
+        return act_on_dict(self, observations, self.agents, self.actor.groups, self.obs_dim)
 
 
 def load_policy(run_dir: str | Path, *, greedy: bool = True, seed: int = 0) -> SavedPolicy:
@@ -364,7 +428,9 @@ def load_policy(run_dir: str | Path, *, greedy: bool = True, seed: int = 0) -> S
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{where / 'policy.json'} is not an Agora policy (format {FORMAT!r})")
     groups = [Group.from_json(g) for g in meta["groups"]]
-    actor = GroupedActor(groups, len(meta["agents"]), share_params=bool(meta["share_params"]), hidden=int(meta["hidden"]),
+    # Policies saved before the agent_id option always read the id.
+    actor = GroupedActor(groups, len(meta["agents"]), share_params=bool(meta["share_params"]),
+                         agent_id=bool(meta.get("agent_id", True)), hidden=int(meta["hidden"]),
                          encoder=str(meta.get("encoder", "auto")))
     state = torch.load(where / "actor.pt", map_location="cpu", weights_only=True)
     actor.load_state_dict(state)

@@ -1,1 +1,2 @@
-"""Cluster coordination capabilities: gang scheduling (simulated) and Ray placement groups."""
+"""Cluster coordination: gang scheduling (simulated; :class:`gang.GangScheduler` is an agent's
+``Scheduler``) and Ray placement groups."""

@@ -365,21 +365,24 @@ def simulate(
 
 @dataclass
 class GangScheduler:
-    """Gang scheduling as a capability an agent can hold (``envs.api.Capability``).
+    """A cluster's scheduler as an agent's :class:`envs.api.Scheduler`: ``schedule(jobs)`` simulates them.
 
     Args:
         cluster: The cluster it schedules onto.
         policy: ``"greedy"``, ``"gang"`` or ``"rack_aware"``. Default "rack_aware".
-        name: Key under which an agent holds it. Default "gang_scheduler".
+        cross_rack_slowdown: As in :func:`simulate`. Default 0.5.
+        worker_launch_interval: As in :func:`simulate`. Default 0.05.
     """
 
     cluster: ClusterSpec
     policy: Policy = "rack_aware"
-    name: str = "gang_scheduler"
+    cross_rack_slowdown: float = 0.5
+    worker_launch_interval: float = 0.05
 
-    def schedule(self, jobs: Sequence[Job], **kwargs: float) -> SimResult:
-        """:func:`simulate` of ``jobs`` on this scheduler's cluster and policy."""
-        return simulate(jobs, self.cluster, self.policy, **kwargs)
+    def schedule(self, jobs: Sequence[Job]) -> SimResult:
+        """:func:`simulate` of ``jobs`` on this scheduler's cluster, policy and costs."""
+        return simulate(jobs, self.cluster, self.policy, cross_rack_slowdown=self.cross_rack_slowdown,
+                        worker_launch_interval=self.worker_launch_interval)
 
 
 def deadlock_example() -> tuple[list[Job], ClusterSpec]:

@@ -1,1 +1,2 @@
-"""Data capabilities: the MapReduce shuffle and the retrieve-then-rank funnel."""
+"""Data capabilities: the MapReduce shuffle (:class:`shuffle.MapReduce`, a ``MapReducer``) and the
+retrieve-then-rank funnel (:class:`funnel.RetrieveThenRank`, a ``Searcher``)."""

@@ -362,22 +362,20 @@ def recall(found: Sequence[np.ndarray] | np.ndarray, truth: Sequence[np.ndarray]
 
 @dataclass
 class RetrieveThenRank:
-    """The funnel as a capability an agent can hold (``envs.api.Capability``: it has a name).
+    """The funnel as an agent's :class:`envs.api.Searcher`.
 
     Args:
         retriever: Stage one.
         reranker: Stage two, with ``score(query, ids)``.
         k: Results per query. Default 10.
         K: Candidates per query. Default 100.
-        name: Key under which an agent holds it. Default "retrieve_then_rank".
     """
 
     retriever: Retriever
     reranker: Any
     k: int = 10
     K: int = 100
-    name: str = "retrieve_then_rank"
 
-    def search(self, queries: Sequence[str]) -> list[np.ndarray]:
-        """The reranked top ``k`` document ids of each query."""
-        return funnel(queries, self.retriever, self.reranker, k=self.k, K=self.K).final
+    def search(self, queries: Sequence[str]) -> FunnelResult:
+        """:func:`funnel` of ``queries``: ``.final`` holds each query's reranked top ``k`` ids."""
+        return funnel(queries, self.retriever, self.reranker, k=self.k, K=self.K)

@@ -277,23 +277,23 @@ def map_reduce(
 
 @dataclass
 class MapReduce:
-    """The shuffle as a capability an agent can hold (``envs.api.Capability``: it has a name).
+    """The shuffle as an agent's :class:`envs.api.MapReducer`.
 
     Args:
         num_partitions: R, reduce partitions. Default 4.
         workers: Worker processes (None: up to the CPU count; 0: in this process). Default None.
-        name: Key under which an agent holds it. Default "mapreduce".
+        map_tasks: M, record splits (None: ``min(R, len(records))``). Default None.
     """
 
     num_partitions: int = 4
     workers: int | None = None
-    name: str = "mapreduce"
+    map_tasks: int | None = None
 
-    def run(self, records: Iterable[Any], mapper: Mapper, reducer: Reducer,
-            combiner: Reducer | None = None) -> dict[Hashable, Any]:
-        """:func:`map_reduce` with this capability's partitions and workers."""
-        return map_reduce(records, mapper, reducer, num_partitions=self.num_partitions,
-                          combiner=combiner, workers=self.workers)
+    def map_reduce(self, records: Iterable[Any], mapper: Mapper, reducer: Reducer,
+                   combiner: Reducer | None = None) -> tuple[list[dict[Hashable, Any]], ShuffleStats]:
+        """:func:`map_reduce_partitions` with this job's partitions, workers and splits."""
+        return map_reduce_partitions(records, mapper, reducer, num_partitions=self.num_partitions, combiner=combiner,
+                                     workers=self.workers, map_tasks=self.map_tasks)
 
 
 # --------------------------------------------------------------------------------------------

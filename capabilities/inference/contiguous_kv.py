@@ -29,8 +29,6 @@ class ContiguousKVCache:
         device: Device. Default "cpu".
     """
 
-    name = "contiguous_kv_cache"
-
     def __init__(self, *, num_layers: int, num_heads: int, head_dim: int, max_seq_len: int,
                  max_seqs: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
         for key, value in (("num_layers", num_layers), ("num_heads", num_heads), ("head_dim", head_dim),

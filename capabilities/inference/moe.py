@@ -188,8 +188,6 @@ class MoELayer(nn.Module):
             generators). Default 0.
     """
 
-    name = "moe_routing"
-
     def __init__(self, d_model: int, d_ff: int, num_experts: int, *, k: int = 1,
                  capacity_factor: float | None = 1.25, router: str = "noisy_topk", noise: bool = True,
                  alpha: float = 0.01, seed: int = 0) -> None:

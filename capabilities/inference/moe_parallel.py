@@ -11,18 +11,12 @@ and its own shard of the tokens. One forward pass (GShard, Lepikhin et al. 2020)
 
 The capacity is per shard (each rank's tokens compete only with each other for slots), so the
 result equals the single-process :class:`~capabilities.inference.moe.MoELayer` applied to
-each shard. Processes talk over ``torch.distributed`` with the gloo backend on 127.0.0.1.
+each shard. Processes are started, joined and torn down by
+:func:`capabilities.training.launch.launch` (gloo on 127.0.0.1).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import multiprocessing as mp
-import os
-import queue
-import time
-import traceback
 from typing import Any
 
 import torch
@@ -51,7 +45,7 @@ def expert_slice(num_experts: int, world_size: int, rank: int) -> slice:
 
 
 class ExpertParallelMoE:
-    """One rank's part of an expert-parallel MoE layer (the capability an agent holds).
+    """One rank's part of an expert-parallel MoE layer.
 
     Args:
         layer: A layer whose router weights are replicated; only the experts of this rank are
@@ -60,8 +54,6 @@ class ExpertParallelMoE:
         world_size: Processes in the group.
         group: The process group. Default the world group.
     """
-
-    name = "expert_parallel_moe"
 
     def __init__(self, layer: MoELayer, rank: int, world_size: int, group: Any = None) -> None:
         self.local = expert_slice(layer.num_experts, world_size, rank)
@@ -95,25 +87,11 @@ class ExpertParallelMoE:
         return combine(back, routing)
 
 
-def _worker(rank: int, world_size: int, port: int, layer_state: dict[str, Any], x: torch.Tensor,
-            results: Any) -> None:
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    try:
-        store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False,
-                              timeout=datetime.timedelta(seconds=60))
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=60))
-        try:
-            layer = MoELayer(**layer_state["kwargs"])
-            layer.load_state_dict(layer_state["state"])
-            shard = x.chunk(world_size)[rank]
-            y = ExpertParallelMoE(layer, rank, world_size).forward(shard)
-            results.put((rank, "ok", y.numpy()))
-        finally:
-            dist.destroy_process_group()
-    except BaseException:  # noqa: BLE001 -- any failure must reach the parent, not hang it
-        results.put((rank, "error", traceback.format_exc()))
+def _expert_parallel_rank(rank: int, world_size: int, layer_state: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    """One rank of :func:`run_expert_parallel`, inside the launched process group."""
+    layer = MoELayer(**layer_state["kwargs"])
+    layer.load_state_dict(layer_state["state"])
+    return ExpertParallelMoE(layer, rank, world_size).forward(x.chunk(world_size)[rank])
 
 
 def layer_kwargs(layer: MoELayer) -> dict[str, Any]:
@@ -126,64 +104,30 @@ def run_expert_parallel(layer: MoELayer, x: torch.Tensor, world_size: int = 2, *
                         timeout_s: float = 120.0) -> torch.Tensor:
     """Runs ``layer`` expert-parallel over ``world_size`` local processes on tokens ``x``.
 
-    The tokens are split into ``world_size`` equal shards, one per rank; the parent hosts
-    the rendezvous store on a free port of 127.0.0.1 and tears every process down on failure
-    or timeout.
+    The tokens are split into ``world_size`` equal shards, one per rank, on processes of
+    :func:`~capabilities.training.launch.launch`, which tears every one down on failure or timeout.
 
     Args:
         layer: The layer (its router and expert weights are sent to the workers).
         x: Tokens ``[T, d]``, ``T`` a multiple of ``world_size``.
         world_size: Processes (>= 1, divides ``num_experts``). Default 2.
-        timeout_s: Seconds before the workers are killed. Default 120.
+        timeout_s: The collectives' timeout and the run's deadline (plus start-up). Default 120.
 
     Returns:
         ``[T, d]``: each shard's output, in order.
+
+    Raises:
+        ValueError: for a bad argument.
+        capabilities.training.launch.WorkerError: a rank failed (the message names each rank's fate).
+        TimeoutError: the run passed its deadline; every process was killed.
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
     expert_slice(layer.num_experts, world_size, 0)
     if x.dim() != 2 or x.shape[0] % world_size:
         raise ValueError(f"x must be [T, d] with T a multiple of world_size={world_size}, got shape {tuple(x.shape)}")
-    # The parent owns the store: binding port 0 here means no other process can take the port
-    # between choosing it and listening on it.
-    store = dist.TCPStore("127.0.0.1", 0, world_size + 1, is_master=True,
-                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
+    from capabilities.training.launch import launch
+
     state = {"kwargs": layer_kwargs(layer), "state": {k: v.detach().clone() for k, v in layer.state_dict().items()}}
-    procs = [ctx.Process(target=_worker, args=(r, world_size, store.port, state, x.detach().clone(), results), daemon=True)
-             for r in range(world_size)]
-    outputs: dict[int, torch.Tensor] = {}
-    try:
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + timeout_s
-        while len(outputs) < world_size:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"expert-parallel run did not finish in {timeout_s} s")
-            try:
-                rank, status, payload = results.get(timeout=min(left, 1.0))
-            except queue.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"worker exited with code {dead[0].exitcode} before reporting") from None
-                continue
-            if status != "ok":
-                raise RuntimeError(f"rank {rank} failed:\n{payload}")
-            outputs[rank] = torch.from_numpy(payload)
-        for p in procs:
-            p.join(timeout=30)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        with contextlib.suppress(Exception):
-            results.close()
-        del store
-    return torch.cat([outputs[r] for r in range(world_size)])
+    outputs = launch(_expert_parallel_rank, world_size, state, x.detach().clone(), timeout_s=timeout_s)
+    return torch.cat(outputs)

@@ -208,8 +208,6 @@ class PagedKVCache:
         device: Device of the pools. Default "cpu".
     """
 
-    name = "paged_kv_cache"
-
     def __init__(self, *, num_layers: int, num_heads: int, head_dim: int, block_size: int,
                  num_blocks: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
         for key, value in (("num_layers", num_layers), ("num_heads", num_heads), ("head_dim", head_dim)):

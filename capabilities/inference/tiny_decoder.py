@@ -9,6 +9,7 @@ the cache for attention, so the same weights run on :class:`PagedKVCache` and
 :func:`generate` batches sequences of different lengths: one prefill step for all prompts
 (right-padded), then decode steps that each add one token to every unfinished sequence; a
 sequence that reaches its own ``max_new_tokens`` leaves the batch and frees its cache.
+:class:`CachedGenerator` is generation through one cache as an agent's ``Generator``.
 """
 
 from __future__ import annotations
@@ -246,24 +247,27 @@ def generate_reference(model: TinyDecoder, prompts: Sequence[Sequence[int]],
     return out
 
 
-class PagedGenerator:
-    """The paged-KV inference capability an :class:`envs.Agent` can hold.
+class CachedGenerator:
+    """Greedy generation through one KV cache, as an agent's :class:`envs.api.Generator`.
 
     Args:
         model: The decoder.
-        block_size: Token slots per block. Default 16.
-        num_blocks: Blocks in the pool. Default 64.
+        cache: The cache to generate through (paged or contiguous). Default a new paged cache
+            of ``num_blocks`` blocks of ``block_size`` slots.
+        block_size: Token slots per block of the default cache. Default 16.
+        num_blocks: Blocks of the default cache. Default 64.
+        on_step: Called as ``on_step(step, cache)`` after each step (see :func:`generate`). Default None.
     """
 
-    name = "paged_kv_inference"
-
-    def __init__(self, model: TinyDecoder, *, block_size: int = 16, num_blocks: int = 64) -> None:
+    def __init__(self, model: TinyDecoder, cache: KVCache | None = None, *, block_size: int = 16, num_blocks: int = 64,
+                 on_step: Callable[[int, Any], None] | None = None) -> None:
         self.model = model
-        self.cache = model.new_cache("paged", block_size=block_size, num_blocks=num_blocks)
+        self.cache = cache if cache is not None else model.new_cache("paged", block_size=block_size, num_blocks=num_blocks)
+        self.on_step = on_step
         self._next_id = 0
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int]) -> list[list[int]]:
-        """Greedy continuations of ``prompts`` (see :func:`generate`)."""
+        """Greedy continuations of ``prompts`` (see :func:`generate`); sequence ids never repeat."""
         first = self._next_id
         self._next_id += len(prompts)
-        return generate(self.model, self.cache, prompts, max_new_tokens, first_seq_id=first)
+        return generate(self.model, self.cache, prompts, max_new_tokens, first_seq_id=first, on_step=self.on_step)

@@ -1,9 +1,10 @@
 """Training capabilities on torch.distributed: scale-out, ring all-reduce, ZeRO 1-3, parameter server.
 
-Each mechanism lives in its own module and is usable by an ``envs.Agent`` as a capability
-(a small class with a ``name``): :class:`RingAllReduce`, :class:`DataParallel`,
-:class:`ZeroOptimizer`, :class:`ParameterServerClient`. :func:`launch` spawns a local process
-group (gloo on 127.0.0.1) and always tears it down.
+Each mechanism lives in its own module. Two are capabilities an ``envs.Agent`` holds and
+running code calls by kind: :class:`RingAllReduce` is a rank's ``Communicator`` (which
+:class:`DataParallel` sums gradients through), :class:`ParameterServerClient` a worker's
+``ParameterStore``. :class:`ZeroOptimizer` is an optimizer. :func:`launch` spawns a local
+process group (gloo on 127.0.0.1) and always tears it down.
 """
 
 from capabilities.training.data_parallel import DataParallel, data_parallel_gradient, shard_bounds

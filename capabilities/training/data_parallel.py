@@ -5,6 +5,10 @@ share of the global loss (slice loss times slice size over global size, so uneve
 weighted right), and the ranks sum their gradients with one all-reduce of the flattened
 gradient (the ring by default). The sum is the gradient of the mean loss over the whole
 batch: exactly the gradient a single process would compute, up to the order of additions.
+
+:class:`DataParallel` is the training loop an agent runs with its
+:class:`envs.api.Communicator` (the ring all-reduce by default, or any other): the sum over
+ranks goes through ``communicator.all_reduce``.
 """
 
 from __future__ import annotations
@@ -91,20 +95,29 @@ def data_parallel_gradient(
 
 
 class DataParallel:
-    """Data-parallel training as an agent capability (``name = "data_parallel"``).
+    """Synchronous data-parallel SGD whose gradient sum goes through an agent's communicator.
+
+    Usage on every rank: ``DataParallel(model, opt, loss_fn, agent.get(Communicator)).step(x, y)``.
 
     Args:
         model: This rank's replica; parameters are broadcast from rank 0 at construction.
         optimizer: Any torch optimizer over ``model``'s parameters.
         loss_fn: Mean loss ``loss_fn(outputs, targets)``.
-        group: Process group; None for the default group.
+        communicator: An :class:`envs.api.Communicator` whose ``all_reduce`` sums a tensor over
+            the ranks in place (it must sum, not average). Default a ring all-reduce over ``group``.
+        group: Process group of the broadcast and the default communicator; None for the default group.
     """
 
-    name = "data_parallel"
-
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], group: Any = None) -> None:
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], communicator: Any = None,
+                 group: Any = None) -> None:
+        from capabilities.training.ring_allreduce import RingAllReduce
+
         self.model, self.optimizer, self.loss_fn, self.group = model, optimizer, loss_fn, group
+        self.communicator = communicator if communicator is not None else RingAllReduce(group)
+        if not callable(getattr(self.communicator, "all_reduce", None)):
+            raise TypeError(f"communicator must have an all_reduce(tensor) method (an envs.api.Communicator), "
+                            f"got {type(communicator).__name__}")
         if dist.is_initialized() and dist.get_world_size(group) > 1:
             src = dist.get_global_rank(group, 0) if group is not None else 0
             for p in model.parameters():
@@ -112,6 +125,7 @@ class DataParallel:
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         """One synchronous step on the global batch; returns its mean loss."""
-        _, loss = data_parallel_gradient(self.model, self.loss_fn, inputs, targets, self.group)
+        _, loss = data_parallel_gradient(self.model, self.loss_fn, inputs, targets, self.group,
+                                         allreduce=lambda t, _group: self.communicator.all_reduce(t))
         self.optimizer.step()
         return loss

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from capabilities.training.data_parallel import DataParallel
-from capabilities.training.ring_allreduce import ALGORITHMS
+from capabilities.training.ring_allreduce import ALGORITHMS, RingAllReduce
 from capabilities.training.zero import ZeroOptimizer
 
 # ----------------------------------------------------------------------------------------
@@ -239,11 +239,17 @@ def scaling_data(spec: ScalingSpec) -> tuple[torch.Tensor, torch.Tensor]:
 def scaling_worker(rank: int, world: int, spec: ScalingSpec) -> dict[str, Any]:
     """Data-parallel SGD on ``world`` ranks (or one process when ``world == 1``).
 
+    Each rank is an agent whose communicator is the ring all-reduce; the data-parallel step
+    sums gradients through it.
+
     Returns the loss of every step and the wall time (s) at the end of every step on rank 0.
     """
+    from envs.api import Agent, Communicator
+
     model = make_mlp(spec.widths, torch.float32, spec.seed)
+    agent = Agent(f"rank{rank}", capabilities=[RingAllReduce()])
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
-    dp = DataParallel(model, opt, nn.MSELoss())
+    dp = DataParallel(model, opt, nn.MSELoss(), agent.get(Communicator))
     x, y = scaling_data(spec)
     losses, times = [], []
     if dist.is_initialized():

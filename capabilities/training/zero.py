@@ -115,7 +115,7 @@ class _Sharded:
 
 
 class ZeroOptimizer:
-    """ZeRO stage 1, 2 or 3 over a module replicated on every rank (``name = "zero"``).
+    """ZeRO stage 1, 2 or 3 over a module replicated on every rank (an optimizer, not an agent capability).
 
     Usage on every rank, after ``dist.init_process_group``::
 
@@ -133,8 +133,6 @@ class ZeroOptimizer:
         group: Process group; None for the default group.
         **optimizer_kwargs: Passed to the optimizer (lr, betas, eps, weight_decay, ...).
     """
-
-    name = "zero"
 
     def __init__(self, module: nn.Module, stage: int, optimizer: str = "Adam", group: Any = None,
                  **optimizer_kwargs: Any) -> None:

@@ -122,12 +122,3 @@ def test_agent_finds_capabilities_by_kind_and_acts():
         agent.add(object())
     with pytest.raises(ValueError, match="has no policy"):
         envs.Agent("a1").act(np.ones((1, 1)))
-
-
-def test_random_policy_is_seeded_and_batched():
-    env = envs.make("mpe/simple_spread-v3")
-    space = env.action_space("agent_0")
-    a = envs.RandomPolicy(space, seed=4)(np.zeros((50, 18)))
-    b = envs.RandomPolicy(space, seed=4)(np.zeros((50, 18)))
-    assert a.shape == (50,) and np.array_equal(a, b) and all(space.contains(x) for x in a)
-    assert isinstance(envs.RandomPolicy(space), envs.Policy)

@@ -88,10 +88,17 @@ def test_bad_input_names_the_parameter():
         G.generate_jobs(3, cluster, arrival_rate=1.0, worker_choices=[16])
 
 
-def test_an_agent_holds_the_scheduler_as_a_capability():
-    from envs.api import Agent
+def test_scheduler_through_an_agent_equals_the_direct_simulation():
+    from envs.api import Agent, Scheduler
 
-    jobs, cluster = G.deadlock_example()
-    agent = Agent("scheduler").add(G.GangScheduler(cluster, "gang"))
-    res = agent.capability("gang_scheduler").schedule(jobs)
-    assert not res.deadlocked and len(res.completed) == 2
+    cluster = G.ClusterSpec(2, 2, 4)
+    jobs = G.generate_jobs(40, cluster, arrival_rate=2.0, worker_choices=[1, 2, 4, 8], seed=3)
+    for policy in G.POLICIES:
+        agent = Agent(f"scheduler/{policy}", capabilities=[
+            G.GangScheduler(cluster, policy, cross_rack_slowdown=0.7, worker_launch_interval=0.1)])
+        got = agent.get(Scheduler).schedule(jobs)
+        ref = G.simulate(jobs, cluster, policy, cross_rack_slowdown=0.7, worker_launch_interval=0.1)
+        assert (got.deadlocked, got.end_time, got.timeline) == (ref.deadlocked, ref.end_time, ref.timeline)
+        assert [(r.start, r.finish, r.nodes) for r in got.records] == [(r.start, r.finish, r.nodes) for r in ref.records]
+    ex_jobs, ex_cluster = G.deadlock_example()
+    assert Agent("greedy", capabilities=[G.GangScheduler(ex_cluster, "greedy")]).get(Scheduler).schedule(ex_jobs).deadlocked

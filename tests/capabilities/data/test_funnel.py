@@ -94,13 +94,19 @@ def test_final_recall_never_exceeds_stage_one_recall_and_reaches_one_at_K_equal_
             assert F.recall(res.final, truth) == 1.0
 
 
-def test_an_agent_holds_the_funnel_as_a_capability(pool):
-    from envs.api import Agent
+def test_an_agents_searcher_equals_exhaustive_scoring_and_the_direct_funnel(pool):
+    from envs.api import Agent, Searcher
 
     scorer = TfidfCosine(pool)
-    agent = Agent("librarian").add(F.RetrieveThenRank(F.BM25Retriever(pool), scorer, k=3, K=len(pool)))
-    found = agent.capability("retrieve_then_rank").search(F.QUERIES[:4])
-    np.testing.assert_array_equal(np.stack(found), scorer.exhaustive(F.QUERIES[:4], 3))
+    ret = F.BM25Retriever(pool)
+    agent = Agent("librarian", capabilities=[F.RetrieveThenRank(ret, scorer, k=3, K=len(pool))])
+    found = agent.get(Searcher).search(F.QUERIES[:4])
+    # K = the whole pool: the funnel is exhaustive scoring.
+    np.testing.assert_array_equal(np.stack(found.final), scorer.exhaustive(F.QUERIES[:4], 3))
+    small = Agent("narrow", capabilities=[F.RetrieveThenRank(ret, scorer, k=3, K=5)]).get(Searcher).search(F.QUERIES[:4])
+    direct = F.funnel(F.QUERIES[:4], ret, scorer, k=3, K=5)
+    np.testing.assert_array_equal(np.stack(small.final), np.stack(direct.final))
+    np.testing.assert_array_equal(np.stack(small.candidates), np.stack(direct.candidates))
 
 
 def test_hnsw_with_a_narrow_beam_returns_only_real_documents(pool, lsa):

@@ -112,9 +112,12 @@ def test_bad_input_names_the_parameter(corpus):
         S.map_reduce([[1]], mixed_mapper, S.sum_reducer, num_partitions=2, workers=0)
 
 
-def test_an_agent_holds_the_shuffle_as_a_capability(corpus):
-    from envs.api import Agent
+def test_an_agents_mapreducer_equals_counter_and_the_direct_call(corpus):
+    from envs.api import Agent, MapReducer
 
-    agent = Agent("mapper-0").add(S.MapReduce(num_partitions=3, workers=0))
-    out = agent.capability("mapreduce").run(corpus, S.word_count_mapper, S.sum_reducer, combiner=S.sum_reducer)
-    assert out == dict(reference_counts(corpus))
+    agent = Agent("mapper-0", capabilities=[S.MapReduce(num_partitions=3, workers=0, map_tasks=5)])
+    parts, stats = agent.get(MapReducer).map_reduce(corpus, S.word_count_mapper, S.sum_reducer, combiner=S.sum_reducer)
+    assert {k: v for p in parts for k, v in p.items()} == dict(reference_counts(corpus))
+    ref_parts, ref_stats = S.map_reduce_partitions(corpus, S.word_count_mapper, S.sum_reducer, num_partitions=3,
+                                                   combiner=S.sum_reducer, workers=0, map_tasks=5)
+    assert parts == ref_parts and stats == ref_stats and stats.map_tasks == 5

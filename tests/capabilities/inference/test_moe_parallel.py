@@ -35,9 +35,14 @@ def test_expert_parallel_bad_input() -> None:
     assert expert_slice(8, 4, 3) == slice(6, 8)
 
 
-def test_workers_are_torn_down_on_timeout() -> None:
-    """Spawned workers need seconds to import torch; a 0.2 s limit must stop them all."""
+def test_a_failing_rank_fails_the_run_and_every_process_is_torn_down() -> None:
+    """The ranks run on launch's process group: one that raises fails the run, nothing is left behind."""
+    from capabilities.inference.moe_parallel import _expert_parallel_rank, layer_kwargs
+    from capabilities.training.launch import WorkerError, launch
+
     layer = MoELayer(4, 8, 2, seed=0).eval()
-    with pytest.raises(TimeoutError, match="did not finish"):
-        run_expert_parallel(layer, torch.randn(4, 4), world_size=2, timeout_s=0.2)
-    assert multiprocessing.active_children() == []
+    state = {"kwargs": layer_kwargs(layer), "state": {"w_gate": torch.zeros(1)}}  # a state that does not load
+    with pytest.raises(WorkerError, match="2 of 2 workers failed") as info:
+        launch(_expert_parallel_rank, 2, state, torch.randn(4, 4), timeout_s=30)
+    assert all("state_dict" in why for why in info.value.failures.values())
+    assert [p for p in multiprocessing.active_children() if p.name.startswith("agora-rank")] == []

@@ -7,13 +7,13 @@ import torch
 
 from capabilities.inference.paged_kv import OutOfBlocks
 from capabilities.inference.tiny_decoder import (
-    PagedGenerator,
+    CachedGenerator,
     TinyDecoder,
     TinyDecoderConfig,
     generate,
     generate_reference,
 )
-from envs.api import Agent
+from envs.api import Agent, Generator
 
 CFG = TinyDecoderConfig(vocab_size=48, d_model=32, num_heads=4, num_layers=2, d_ff=64, max_seq_len=48)
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [13], [7] * 17, [20, 21]]
@@ -80,10 +80,18 @@ def test_out_of_blocks_frees_the_batch(model: TinyDecoder) -> None:
     assert cache.allocator.num_free == 5 and not cache.block_tables
 
 
-def test_generator_is_an_agent_capability(model: TinyDecoder) -> None:
-    agent = Agent(id="server").add(PagedGenerator(model, block_size=4, num_blocks=40))
-    out = agent.capability("paged_kv_inference").generate(PROMPTS[:2], NEW[:2])
-    assert out == generate_reference(model, PROMPTS[:2], NEW[:2])
+def test_an_agents_generator_equals_generation_without_a_cache(model: TinyDecoder) -> None:
+    steps: list[int] = []
+    paged = Agent(id="paged", capabilities=[CachedGenerator(model, block_size=4, num_blocks=40)])
+    contiguous = Agent(id="contiguous", capabilities=[CachedGenerator(
+        model, model.new_cache("contiguous", max_seqs=2), on_step=lambda step, cache: steps.append(step))])
+    reference = generate_reference(model, PROMPTS[:2], NEW[:2])
+    assert paged.get(Generator).generate(PROMPTS[:2], NEW[:2]) == reference
+    assert contiguous.get(Generator).generate(PROMPTS[:2], NEW[:2]) == reference
+    assert steps == list(range(max(NEW[:2])))  # the prefill (step 0) and one call per decode step
+    # A second batch on the same agent: fresh sequence ids, the cache freed after the first.
+    assert paged.get(Generator).generate(PROMPTS[:1], NEW[:1]) == reference[:1]
+    assert not paged.get(Generator).cache.block_tables
 
 
 @pytest.mark.parametrize("prompts,new,match", [

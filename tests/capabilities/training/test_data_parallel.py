@@ -5,9 +5,15 @@ import torch
 import torch._dynamo  # noqa: F401  (imported once here so forked workers do not each import it)
 from torch import nn
 
-from capabilities.training import DataParallel, data_parallel_gradient, launch, shard_bounds
+from capabilities.training import (
+    DataParallel,
+    RingAllReduce,
+    data_parallel_gradient,
+    launch,
+    shard_bounds,
+)
 from capabilities.training.data_parallel import flat_grad
-from envs.api import Agent
+from envs.api import Agent, Communicator
 
 BATCH = 10  # not a multiple of 3 or 4: uneven slices must be weighted right
 
@@ -38,28 +44,49 @@ def _single_process(steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return grad, [p.detach().clone() for p in m.parameters()]
 
 
+class TorchAllReduce:
+    """The reference communicator: torch.distributed's own all_reduce (gloo)."""
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        torch.distributed.all_reduce(tensor)
+        return tensor
+
+
+def _train(communicator: Communicator, rank: int) -> list[torch.Tensor]:
+    """Three data-parallel steps by an agent whose communicator is ``communicator``."""
+    m = _model()
+    agent = Agent(id=f"rank{rank}", capabilities=[communicator])
+    dp = DataParallel(m, torch.optim.SGD(m.parameters(), lr=0.1), nn.MSELoss(), agent.get(Communicator))
+    for t in range(3):
+        dp.step(*_batch(t))
+    return [p.detach().clone() for p in m.parameters()]
+
+
 def _dp(rank: int, world: int) -> tuple:
     m = _model()
     x, y = _batch()
     grad, _ = data_parallel_gradient(m, nn.MSELoss(), x, y)
-    m = _model()
-    agent = Agent(id=f"rank{rank}", policy=m).add(
-        DataParallel(m, torch.optim.SGD(m.parameters(), lr=0.1), nn.MSELoss()))
-    for t in range(3):
-        agent.capability("data_parallel").step(*_batch(t))
-    return grad, [p.detach().clone() for p in m.parameters()]
+    return grad, _train(RingAllReduce(), rank), _train(TorchAllReduce(), rank)
 
 
 @pytest.mark.parametrize("world", [3, 4])
 def test_data_parallel_gradient_equals_single_process(world: int) -> None:
     ref_grad, ref_params = _single_process(steps=3)
     outs = launch(_dp, world, start_method="fork", timeout_s=60)
-    for grad, params in outs:
+    for grad, params, torch_params in outs:
         assert float((grad - ref_grad).abs().max()) <= 1e-12
         assert max(float((a - b).abs().max()) for a, b in zip(params, ref_params, strict=True)) <= 1e-12
+        # Through the agent's ring communicator as through torch.distributed.all_reduce.
+        assert max(float((a - b).abs().max()) for a, b in zip(params, torch_params, strict=True)) <= 1e-12
     # Every rank holds bit-identical parameters (the all-reduce hands everyone the same sum).
-    for _, params in outs[1:]:
+    for _, params, _ in outs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(params, outs[0][1], strict=True))
+
+
+def test_data_parallel_refuses_a_communicator_without_all_reduce() -> None:
+    m = _model()
+    with pytest.raises(TypeError, match="communicator must have an all_reduce"):
+        DataParallel(m, torch.optim.SGD(m.parameters(), lr=0.1), nn.MSELoss(), communicator=object())
 
 
 def test_shard_bounds_cover_the_batch() -> None:
