@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -195,7 +196,7 @@ def run_federated(cfg: FedAvgConfig, ctx: RunContext) -> dict[str, Any]:
                      f"replies {rec['replies']} failures {rec['failures']}")
 
         with task_importable(cfg.task):
-            result = _run_engine(cfg, settings, report)
+            result = _run_engine(cfg, settings, report, ctx.dir.log_path)
         for rec in result["history"]:
             ctx.log(partitioning=label, **{k: v for k, v in rec.items() if k != "timing"})
             if rec["timing"]:
@@ -242,11 +243,12 @@ def task_importable(task: str) -> Iterator[None]:
             os.environ["PYTHONPATH"] = before
 
 
-def _run_engine(cfg: FedAvgConfig, settings: FedSettings, report: Any) -> dict[str, Any]:
+def _run_engine(cfg: FedAvgConfig, settings: FedSettings, report: Any, log_file: Path) -> dict[str, Any]:
+    # Flower's own log goes to the run's log.txt: the console shows the runner's lines only.
     if cfg.engine == "simulation":
         from federated.simulation import simulate
 
-        return simulate(settings, num_cpus=cfg.num_cpus, on_round=report)
+        return simulate(settings, num_cpus=cfg.num_cpus, on_round=report, log_file=log_file)
     from federated.deploy import deploy
 
     result = deploy(settings, timeout=cfg.round_timeout * (cfg.rounds + 2) + 120)

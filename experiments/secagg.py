@@ -227,7 +227,7 @@ def run_fedavg(cfg: SecureFedAvgConfig, ctx: RunContext) -> dict[str, Any]:
         settings = cfg.settings(aggregation, str(ctx.path / "checkpoints" / f"fedavg-{aggregation}"))
         with task_importable(cfg.task):
             result = simulate(settings, secagg=cfg.secagg() if aggregation == "secure" else None,
-                              num_cpus=cfg.num_cpus, on_round=report)
+                              num_cpus=cfg.num_cpus, on_round=report, log_file=ctx.dir.log_path)
         for rec in result["history"]:
             if rec["timing"]:
                 ctx.log_timing(aggregation=aggregation, round=rec["round"], **rec["timing"])

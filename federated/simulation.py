@@ -11,8 +11,11 @@ run ends, also when it fails. :func:`run_apps` is the runner the secure apps use
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from federated.server_app import RoundCallback, make_server_app
@@ -20,7 +23,8 @@ from federated.settings import FedSettings
 
 
 def simulate(settings: FedSettings, *, secagg: dict[str, Any] | None = None, num_cpus: int = 2,
-             on_round: RoundCallback | None = None, verbose: bool = False) -> dict[str, Any]:
+             on_round: RoundCallback | None = None, verbose: bool = False,
+             log_file: str | Path | None = None) -> dict[str, Any]:
     """Runs ``settings`` on the simulation engine and returns ``run_rounds``' result.
 
     Plain and secure runs (``settings.aggregation``) go through the same round loop, so both
@@ -32,6 +36,7 @@ def simulate(settings: FedSettings, *, secagg: dict[str, Any] | None = None, num
         num_cpus: CPUs Ray may use; each ClientApp actor takes one.
         on_round: Called in this process with each completed round's record.
         verbose: Keep Flower's INFO log on the console.
+        log_file: Where Flower's own log goes instead of the console (see :func:`run_apps`).
 
     Raises:
         TooFewReplies: when a round falls below ``settings.min_replies``.
@@ -41,11 +46,11 @@ def simulate(settings: FedSettings, *, secagg: dict[str, Any] | None = None, num
     overrides = {**settings.to_run_config(), **(secagg or {})}
     sink: list[Any] = []
     return run_apps(make_server_app(overrides, sink=sink, on_round=on_round), make_client_app(overrides),
-                    settings.num_partitions, sink, num_cpus=num_cpus, verbose=verbose)
+                    settings.num_partitions, sink, num_cpus=num_cpus, verbose=verbose, log_file=log_file)
 
 
 def run_apps(server_app: Any, client_app: Any, num_supernodes: int, sink: list[Any], *,
-             num_cpus: int = 2, verbose: bool = False) -> Any:
+             num_cpus: int = 2, verbose: bool = False, log_file: str | Path | None = None) -> Any:
     """Runs a ServerApp and ClientApp on the simulation engine; returns what the ServerApp left in ``sink``.
 
     The one place the simulation engine is started: a private Ray (``address="local"``, even
@@ -60,6 +65,11 @@ def run_apps(server_app: Any, client_app: Any, num_supernodes: int, sink: list[A
         sink: The list the ServerApp writes to.
         num_cpus: CPUs Ray may use.
         verbose: Keep Flower's INFO log on the console.
+        log_file: Unless ``verbose``, Flower's own log (WARNING and above) is appended to this
+            file instead of the console while the run lasts, Ray's teardown included. Its
+            engine logs a busy ClientApp actor's death with a traceback when a signal stops
+            the run; that belongs in the run's record, not on a console that was promised
+            one line. Default None: the console.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -73,23 +83,44 @@ def run_apps(server_app: Any, client_app: Any, num_supernodes: int, sink: list[A
         "init_args": {"address": "local", "num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False,
                       "logging_level": "ERROR", "log_to_driver": verbose},
     }
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
     from federated.reaper import ProcessGuard
 
     # The guard stops the Ray head and its workers should this process be killed outright.
-    with ProcessGuard():
+    with ProcessGuard(), _flower_log(verbose, log_file):
         try:
             _run(run_simulation, dict(server_app=server_app, client_app=client_app,
                                       num_supernodes=num_supernodes, backend_config=backend_config), sink)
         finally:
-            flwr_logger.setLevel(level)
             _shutdown_ray()
     if not sink:
         raise RuntimeError("the simulation ended without a result from the ServerApp (see Flower's log)")
     return sink[0]
+
+
+@contextlib.contextmanager
+def _flower_log(verbose: bool, log_file: str | Path | None) -> Iterator[None]:
+    """Flower's logger for the duration: INFO to the console if verbose, else WARNING and
+    above to the console or, given ``log_file``, to that file only."""
+    flwr_logger = logging.getLogger("flwr")
+    level, handlers = flwr_logger.level, list(flwr_logger.handlers)
+    redirect = None
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+        if log_file is not None:
+            redirect = logging.FileHandler(log_file)
+            redirect.setFormatter(logging.Formatter("%(asctime)s flwr %(levelname)s: %(message)s"))
+            for h in handlers:
+                flwr_logger.removeHandler(h)
+            flwr_logger.addHandler(redirect)
+    try:
+        yield
+    finally:
+        flwr_logger.setLevel(level)
+        if redirect is not None:
+            flwr_logger.removeHandler(redirect)
+            redirect.close()
+            for h in handlers:
+                flwr_logger.addHandler(h)
 
 
 def _run(run_simulation: Any, kwargs: dict[str, Any], sink: list[Any]) -> None:

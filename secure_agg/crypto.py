@@ -9,8 +9,9 @@ or round.
 
 Ed25519 signs what clients say: every reply carries a signature by the client's per-session
 signing key (advertised in the first round; in ``active`` mode certified by its long-term
-identity key), always over a SHA-256 digest with a purpose label so that a 4 MB masked vector
-is hashed once and no signature can be replayed for another purpose.
+identity key), always over a digest with a purpose label (BLAKE3 for a reply's body, see
+:mod:`secure_agg.wire`; SHA-256 for the short certificates) so that a 4 MB masked vector is
+hashed once and no signature can be replayed for another purpose.
 """
 
 from __future__ import annotations

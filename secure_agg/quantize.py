@@ -64,11 +64,17 @@ class Quantizer:
 
     def quantize(self, vector: np.ndarray) -> np.ndarray:
         """Clips, shifts and rounds a float vector to words in [0, per-client maximum]."""
-        x = np.asarray(vector, dtype=np.float64)
-        if not np.isfinite(x).all():
+        x = np.asarray(vector)
+        if x.dtype.kind not in "fiu":
+            raise SecAggError(f"cannot quantize a vector of dtype {x.dtype}: it must hold real numbers")
+        # A NaN or an infinity makes the sum non-finite; only then (or when finite entries
+        # overflow the sum) is every entry checked. Saves a pass over the whole model.
+        if not np.isfinite(np.sum(x, dtype=np.float64)) and not np.isfinite(x).all():
             raise SecAggError("cannot quantize a vector with NaN or infinite entries")
-        # One scratch vector, updated in place: this runs on every client's full model each round.
-        q = np.clip(x, -self.clip, self.clip)
+        # One float64 scratch vector, updated in place: this runs on every client's full model
+        # each round.
+        q = np.empty(x.shape, dtype=np.float64)
+        np.clip(x, -self.clip, self.clip, out=q)
         q += self.clip
         q *= self.scale
         np.rint(q, out=q)

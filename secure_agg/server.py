@@ -53,7 +53,7 @@ from secure_agg.rounds import (
 )
 from secure_agg.wire import SERVER, open_signed, pack_blobs, pack_roster, seal
 
-# Threads for the server's bulk work: checking the masked replies (SHA-256 of each vector for
+# Threads for the server's bulk work: checking the masked replies (BLAKE3 of each vector for
 # its signature; hashlib releases the GIL on large buffers: 50 digests of 4 MB took 0.12 s on
 # 2 threads against 0.15 s on one, idle 2-core machine) and the unmasking pass (only its adds
 # release the GIL, AES in ``cryptography`` holds it).

@@ -6,16 +6,18 @@ The envelope names the session, the round, the sender and the recipient; a recei
 message whose envelope does not match what it expects (a replay from another round, a message
 addressed to another client, a message from another session). Client replies are signed
 (:func:`seal_signed`, :func:`open_signed`): the encoded message followed by a 64-byte Ed25519
-signature of its SHA-256 digest. The decoder raises only :class:`SecAggError`, whatever the bytes.
+signature of its BLAKE3 digest (a 256-bit cryptographic hash, four times faster than SHA-256
+on a 4 MB masked vector here: 0.66 ms against 2.5 ms, paid by every client and, for every
+reply, by the server). The decoder raises only :class:`SecAggError`, whatever the bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from typing import Any
 
 import numpy as np
+from blake3 import blake3
 
 from secure_agg import crypto
 from secure_agg.errors import SecAggError
@@ -179,8 +181,12 @@ def seal(session: bytes, round_name: str, sender: Any, recipient: Any, **payload
     return encode(_envelope(session, round_name, sender, recipient, payload))
 
 
+# What a reply signature covers: BLAKE3 of this label and the encoded body.
+_SIGNED_LABEL = b"agora-secagg signed message|"
+
+
 def _body_digest(body: bytes | memoryview) -> bytes:
-    h = hashlib.sha256(b"agora-secagg signed message|")
+    h = blake3(_SIGNED_LABEL)
     h.update(body)
     return h.digest()
 
@@ -194,7 +200,7 @@ def seal_signed(signing_key: bytes, session: bytes, round_name: str, sender: Any
     """
     parts: list[Any] = []
     _encode(_envelope(session, round_name, sender, recipient, payload), parts)
-    h = hashlib.sha256(b"agora-secagg signed message|")
+    h = blake3(_SIGNED_LABEL)
     for part in parts:
         h.update(part)
     parts.append(crypto.sign(signing_key, h.digest()))

@@ -166,16 +166,12 @@ def test_simulation_run_leaves_no_ray_process(tmp_path: Path, sig: int) -> None:
         if sig == signal.SIGTERM:
             err = proc.stderr.read().decode()
             assert proc.returncode == 143, err
-            # Flower's own start-up warnings may come first; what the signal causes is one line.
-            # Known defect, left open: when the signal lands while a ClientApp actor is busy,
-            # Flower's simulation engine logs that actor's death with its own traceback (its
-            # logger, on its worker thread, as Ray tears down; 2 of 5 runs here). The runner's
-            # own output must still carry no traceback.
-            agora_err = err.split("The actor died unexpectedly")[0] if "ClientAppActor" in err else err
-            assert "Traceback" not in agora_err and "SIGTERM received" not in err, err
+            # What the signal causes is one line, and nothing else reaches the console: Flower's
+            # engine logs a busy ClientApp actor's death (with a traceback) as Ray tears down,
+            # into the run's log.txt.
+            assert "Traceback" not in err and "SIGTERM received" not in err, err
             lines = [ln for ln in err.splitlines() if ln.strip()]
-            assert lines[-1].startswith("interrupted by SIGTERM"), err
-            assert sum("interrupted" in ln for ln in lines) == 1, err
+            assert len(lines) == 1 and lines[0].startswith("interrupted by SIGTERM"), err
         from experiments import RunDir
 
         assert RunDir(out).read_summary()["status"] == "interrupted"
