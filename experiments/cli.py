@@ -1,9 +1,10 @@
-"""``python -m experiments`` (also the ``agora`` command): run, resume, list, gallery.
+"""``python -m experiments`` (also the ``agora`` command): run, resume, list, gallery, tour, sweep.
 
 Exit status and stderr:
 
 * 0: done.
-* 1: the experiment failed; one line names the run directory, whose log.txt has the traceback.
+* 1: the experiment failed; one line names the run directory, whose log.txt has the traceback
+  (tour, sweep: some runs failed; the page or figure is still written).
 * 2: a user's mistake (config, command line, run directory); one line starting ``error:``,
   and nothing is written.
 * 128 + N: stopped by signal N (143 for SIGTERM, 130 for Ctrl-C); the run is marked
@@ -23,7 +24,10 @@ from experiments.errors import UserError
 
 EPILOG = """examples:
   python -m experiments run fedavg_digits --out runs/fed rounds=5
-  python -m experiments run experiments/configs/tour.yaml --seed 1
+  agora tour                                     # every experiment, small, then the gallery (make demo)
+  agora tour --out runs/tour                     # again into the same DIR: continues, skips finished runs
+  agora sweep vicsek_transition steps=200,400 seeds=1,2 --seeds 0,1,2
+  agora sweep fedavg_digits rounds=5,10 --address 10.0.0.1:6379 --out /shared/sweep
   python -m experiments resume runs/fed
   python -m experiments gallery runs/ --out runs/gallery.html
   python -m experiments run mappo_spread --import mypkg.envs train.env=mine/foo-v0
@@ -59,10 +63,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("dirs", nargs="+", metavar="DIR")
     g.add_argument("--out", metavar="FILE", default=None, help="page to write (default DIR/gallery.html of the first DIR)")
 
+    t = sub.add_parser("tour", help="a small run of every experiment, then the gallery page",
+                       description="Run every entry of the tour CONFIG (default: the shipped tour.yaml) into DIR/runs/, "
+                                   "then write DIR/gallery.html with its fourteen cards. The same DIR again continues.")
+    t.add_argument("config", nargs="?", default="tour", metavar="CONFIG", help="a tour file (default: tour)")
+    t.add_argument("--out", metavar="DIR", help="tour directory (default runs/tour-TIMESTAMP)")
+    t.add_argument("--seed", type=int, metavar="N", help="seed of every run (default: the tour's)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or console log")
+    t.add_argument("--no-screenshot", action="store_true", help="do not screenshot the page with Chromium")
+
+    w = sub.add_parser("sweep", help="run a config over the cross product of values on Ray",
+                       description="Run CONFIG for every combination of the listed values (times --seeds), one run "
+                                   "directory per point, as Ray tasks; re-running the same sweep skips complete points "
+                                   "and resumes interrupted ones; ends with DIR/sweep.png.")
+    w.add_argument("config", metavar="CONFIG")
+    w.add_argument("specs", nargs="*", metavar="KEY=V1,V2,...", help="a swept key and its values (YAML each)")
+    w.add_argument("--seeds", metavar="S1,S2,...", help="seeds of every point (default: the config's seed)")
+    w.add_argument("--address", metavar="HOST:PORT", help="join this Ray cluster (default: start a local Ray)")
+    w.add_argument("--out", metavar="DIR", help="sweep directory (default runs/sweep-NAME-HASH of the spec)")
+    w.add_argument("--quiet", action="store_true", help="no progress lines")
+
     from marl.play import add_commands  # `play` and `eval` of saved MARL policies
 
     add_commands(sub)
     return p
+
+
+def _refuse_tour(config: str) -> None:
+    """`run` of a tour file: say which command runs it (a tour is not an experiment kind)."""
+    from experiments.config import read_yaml, resolve_config_path
+    from experiments.tour import is_tour
+
+    if is_tour(read_yaml(resolve_config_path(config))):
+        raise UserError(f"{config!r} is a tour (a list of runs, no kind); run it with `agora tour {config}`")
 
 
 def _list() -> None:
@@ -72,7 +105,8 @@ def _list() -> None:
     print("configs (python -m experiments run NAME):")
     for name, path in available_configs().items():
         data = read_yaml(path)
-        print(f"  {name:28s} [{data.get('kind', '?')}] {data.get('description', '')}")
+        kind = data.get("kind", "tour: `agora tour NAME`" if "runs" in data else "?")
+        print(f"  {name:28s} [{kind}] {data.get('description', '')}")
     print("\nexperiment kinds:")
     for name, spec in all_kinds().items():
         print(f"  {name:28s} ({spec.axis}) {spec.description}")
@@ -102,9 +136,12 @@ def _main(argv: list[str] | None) -> int:
     # stops collecting positionals at the first option.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "run" or any(e.startswith("-") or "=" not in e for e in extra):
+        if args.command not in ("run", "sweep") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*args.overrides, *extra]
+        if args.command == "run":
+            args.overrides = [*args.overrides, *extra]
+        else:
+            args.specs = [*args.specs, *extra]
     if args.command is None:
         parser.print_help()
         return 2
@@ -115,6 +152,7 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "run":
             from experiments import runner
 
+            _refuse_tour(args.config)
             rd = runner.run(args.config, out=args.out, overrides=args.overrides, seed=args.seed, quiet=args.quiet,
                             imports=args.imports)
             _report(rd)
@@ -134,6 +172,28 @@ def _main(argv: list[str] | None) -> int:
             out = Path(args.out) if args.out else Path(args.dirs[0]) / "gallery.html"
             page = gallery.build(args.dirs, out)
             print(page.resolve())
+        elif args.command == "tour":
+            from experiments.tour import run_tour
+
+            res = run_tour(args.config, out=args.out, seed=args.seed, quiet=args.quiet,
+                           screenshot=not args.no_screenshot)
+            if res.failed:
+                print(f"tour: {len(res.failed)} run(s) failed: {', '.join(res.failed)}", file=sys.stderr)
+            print(f"tour: {res.wall_time_s:.0f} s in {res.path}" + (f"; screenshot {res.screenshot}" if res.screenshot else ""))
+            print(f"gallery page: {res.page.resolve()}")
+            return 1 if res.failed else 0
+        elif args.command == "sweep":
+            from experiments.sweep import run_sweep
+
+            res = run_sweep(args.config, args.specs, seeds=args.seeds, address=args.address, out=args.out,
+                            quiet=args.quiet)
+            if res.failed:
+                print(f"sweep: {len(res.failed)} of {res.points} points failed: {', '.join(res.failed[:20])}",
+                      file=sys.stderr)
+            print(f"sweep: {res.points - len(res.failed)} of {res.points} points complete in {res.path}")
+            if res.figure:
+                print(f"summary figure: {res.figure.resolve()}")
+            return 1 if res.failed else 0
     except UserError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2

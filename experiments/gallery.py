@@ -1,6 +1,6 @@
-"""One static HTML page of every run's figures and headline numbers, grouped by axis.
+"""One static HTML page: the fourteen cards, then every run's figures and headline numbers by axis.
 
-No server, no CDN, no script: images are linked by relative paths, so the page and the run
+No server, no CDN, no script: images (cards included) are linked by relative paths, so the page and the run
 directories can be copied together anywhere.
 """
 
@@ -25,6 +25,12 @@ table{border-collapse:collapse;margin:.6rem 0} td,th{border:1px solid #e5e5e5;pa
 .figs{display:flex;flex-wrap:wrap;gap:1rem} .figs figure{margin:0;max-width:100%}
 .figs img{max-width:100%;border:1px solid #eee} figcaption{font-size:.8rem;color:#666}
 nav a{margin-right:1rem}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:.9rem;margin:1rem 0}
+.card{border:1px solid #ddd;border-radius:8px;padding:.5rem .6rem;background:#fafafa}
+.card img{width:100%;height:auto;display:block;background:#fff} .card h3{margin:.4rem 0 .2rem;font-size:1rem}
+.card h3 a{color:#222;text-decoration:none} .card p{margin:.15rem 0;font-size:.82rem}
+.card .shows{color:#555} .card .num{font-weight:600;color:#0b5394} .card.missing .num{color:#cf222e}
+.card ul.axes{margin:.3rem 0 0;padding-left:1rem;font-size:.78rem}
 """
 
 
@@ -65,8 +71,19 @@ def _check_out(out: Path) -> None:
         raise UserError(f"{where} is under {special}, which holds no files")
 
 
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-") or "run"
+
+
 def build(paths: list[str | Path], out: str | Path, *, title: str = "Agora gallery") -> Path:
-    """Writes the gallery page of the runs under ``paths`` to ``out``; returns its path."""
+    """Writes the gallery page of the runs under ``paths`` to ``out``; returns its path.
+
+    The page opens with the fourteen cards (:mod:`experiments.cards`), drawn into the folder
+    ``OUT_STEM_cards/`` beside the page; below them every run has its own section (headline
+    table and all its figures), grouped by axis. A card links to its run's section.
+    """
+    from experiments import cards as C
+
     out = Path(out)
     _check_out(out)
     runs = find_runs(paths)
@@ -76,15 +93,24 @@ def build(paths: list[str | Path], out: str | Path, *, title: str = "Agora galle
         raise UserError(f"gallery --out {str(out)!r}: cannot create its folder: {exc.strerror or exc}") from None
     base = out.parent.resolve()
     by_axis: dict[str, list[tuple[RunDir, dict[str, Any]]]] = {a: [] for a in AXES}
+    anchors: dict[Path, str] = {}
+    loaded: list[C.Run] = []
     for r in runs:
         summary = r.read_summary()
-        if summary.get("kind") == "tour":
-            continue
         by_axis.setdefault(str(summary.get("axis", "intelligence")), []).append((r, summary))
+        anchor = "run-" + _slug(os.path.relpath(r.path.resolve(), base))
+        while anchor in anchors.values():
+            anchor += "-"
+        anchors[r.path] = anchor
+        loaded.append(C.Run(r, summary))
+    drawn = C.draw_all(loaded, out.parent / f"{out.stem}_cards")
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             "<p class='meta'>Every picture below was drawn by a live run; numbers are from its summary.json.</p><nav>"]
+             "<p class='meta'>The fourteen pictures, each drawn from a live run below; a card opens its run. "
+             "Numbers are from each run's summary.json and metrics.jsonl.</p>"]
+    parts += _cards_html(drawn, anchors, base)
+    parts.append("<h2 id='runs'>Every run, by axis</h2><nav>")
     parts += [f"<a href='#{_esc(a)}'>{_esc(AXES.get(a, a))} ({len(v)})</a>" for a, v in by_axis.items()]
     parts.append("</nav>")
     for axis, items in by_axis.items():
@@ -92,31 +118,61 @@ def build(paths: list[str | Path], out: str | Path, *, title: str = "Agora galle
         if not items:
             parts.append("<p class='meta'>No runs on this axis yet.</p>")
         for r, s in items:
-            status = _esc(s.get("status", "?"))
-            rel = os.path.relpath(r.path.resolve(), base)
-            parts.append("<div class='run'>")
-            parts.append(f"<h3>{html.escape(str(s.get('name', r.path.name)))} <span class='meta'>kind {html.escape(str(s.get('kind')))}</span></h3>")
-            parts.append(f"<div class='meta'>{_esc(s.get('description', ''))} · seed {_esc(s.get('seed'))} · "
-                         f"<span class='status-{status}'>{status}</span> · {_esc(s.get('wall_time_s', '?'))} s · "
-                         f"<a href='{html.escape(rel)}/'>{html.escape(rel)}</a></div>")
-            if s.get("error"):
-                parts.append(f"<pre>{html.escape(str(s['error']))}</pre>")
-            headline = s.get("headline") or {}
-            if not isinstance(headline, dict):
-                headline = {"headline": headline}
-            if headline:
-                parts.append("<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in headline.items()) + "</table>")
-            figs = r.figures()
-            if figs:
-                parts.append("<div class='figs'>")
-                for f in figs:
-                    src = html.escape(os.path.relpath(f.resolve(), base))
-                    parts.append(f"<figure><a href='{src}'><img src='{src}' alt='{html.escape(f.stem)}'></a><figcaption>{html.escape(f.name)}</figcaption></figure>")
-                parts.append("</div>")
-            parts.append("</div>")
+            parts += _run_html(r, s, anchors[r.path], base)
     parts.append("</body></html>")
     try:
         atomic_write_text(out, "\n".join(parts))
     except OSError as exc:
         raise UserError(f"gallery --out {str(out)!r} cannot be written: {exc.strerror or exc}") from None
     return out
+
+
+def _cards_html(drawn: list[Any], anchors: dict[Path, str], base: Path) -> list[str]:
+    from experiments.cards import CARDS
+
+    parts = ["<div class='cards'>"]
+    for d in drawn:
+        card = d.card
+        target = f"#{anchors[d.run.rundir.path]}" if d.run is not None else ("#runs" if card.draw is None else f"#{card.axis}")
+        src = html.escape(os.path.relpath(d.image.resolve(), base))
+        state = "" if d.ok else " missing"
+        parts.append(f"<div class='card{state}' id='card-{_esc(card.slug)}'>"
+                     f"<a class='pic' href='{_esc(target)}'><img src='{src}' alt='{_esc(card.title)}'></a>"
+                     f"<h3><a href='{_esc(target)}'>{_esc(card.title)}</a></h3>"
+                     f"<p class='shows'>{_esc(card.shows)}</p><p class='num'>{_esc(d.line)}</p>")
+        if card.draw is None:  # the six axes: each links to its cards
+            parts.append("<ul class='axes'>")
+            for axis, label in AXES.items():
+                links = " · ".join(f"<a href='#card-{_esc(c.slug)}'>{_esc(c.title)}</a>"
+                                   for c in CARDS if c.draw is not None and c.axis == axis)
+                parts.append(f"<li><b>{_esc(label)}</b>: {links or '<span class=meta>no card</span>'}</li>")
+            parts.append("</ul>")
+        parts.append("</div>")
+    parts.append("</div>")
+    return parts
+
+
+def _run_html(r: RunDir, s: dict[str, Any], anchor: str, base: Path) -> list[str]:
+    status = _esc(s.get("status", "?"))
+    rel = os.path.relpath(r.path.resolve(), base)
+    parts = [f"<div class='run' id='{_esc(anchor)}'>",
+             f"<h3>{html.escape(str(s.get('name', r.path.name)))} <span class='meta'>kind {html.escape(str(s.get('kind')))}</span></h3>",
+             f"<div class='meta'>{_esc(s.get('description', ''))} · seed {_esc(s.get('seed'))} · "
+             f"<span class='status-{status}'>{status}</span> · {_esc(s.get('wall_time_s', '?'))} s · "
+             f"<a href='{html.escape(rel)}/'>{html.escape(rel)}</a></div>"]
+    if s.get("error"):
+        parts.append(f"<pre>{html.escape(str(s['error']))}</pre>")
+    headline = s.get("headline") or {}
+    if not isinstance(headline, dict):
+        headline = {"headline": headline}
+    if headline:
+        parts.append("<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in headline.items()) + "</table>")
+    figs = r.figures()
+    if figs:
+        parts.append("<div class='figs'>")
+        for f in figs:
+            src = html.escape(os.path.relpath(f.resolve(), base))
+            parts.append(f"<figure><a href='{src}'><img src='{src}' alt='{html.escape(f.stem)}'></a><figcaption>{html.escape(f.name)}</figcaption></figure>")
+        parts.append("</div>")
+    parts.append("</div>")
+    return parts

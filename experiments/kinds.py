@@ -92,8 +92,6 @@ def load_plugins() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import experiments.tour  # noqa: F401  (the built-in kind)
-
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             importlib.import_module(ep.value)

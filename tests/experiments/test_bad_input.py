@@ -141,15 +141,34 @@ def _bad_files(tmp_path: Path) -> list[tuple[Path, str]]:
     huge.write_text("kind: rollout\n" + "# padding\n" * 200_000)
     no_kind = tmp_path / "nokind.yaml"
     no_kind.write_text("episodes: 3\n")
-    bad_tour = tmp_path / "tour.yaml"
-    bad_tour.write_text("kind: tour\nruns:\n  - config: rollout_spread\n  - config: rollout_sprad\n")
-    tour_bad_value = tmp_path / "tour2.yaml"
-    tour_bad_value.write_text("kind: tour\nruns:\n  - config: rollout_spread\n    overrides: {episodes: 0}\n")
-    tour_twice = tmp_path / "tour3.yaml"
-    tour_twice.write_text("kind: tour\nruns:\n  - config: rollout_spread\n  - config: rollout_spread\n")
     return [(binary, "not UTF-8"), (bomb, "aliases"), (loop, "refers to itself"), (not_mapping, "mapping"), (bad_yaml, "not valid YAML"),
-            (huge, "larger than"), (no_kind, "no experiment kind"), (bad_tour, "runs.1"),
-            (tour_bad_value, "runs.0"), (tour_twice, "used twice")]
+            (huge, "larger than"), (no_kind, "no experiment kind")]
+
+
+def _bad_tours(tmp_path: Path) -> list[tuple[Path, str]]:
+    bad_tour = tmp_path / "tour.yaml"
+    bad_tour.write_text("runs:\n  - config: rollout_spread\n  - config: rollout_sprad\n")
+    tour_bad_value = tmp_path / "tour2.yaml"
+    tour_bad_value.write_text("runs:\n  - config: rollout_spread\n    overrides: {episodes: 0}\n")
+    tour_twice = tmp_path / "tour3.yaml"
+    tour_twice.write_text("runs:\n  - config: rollout_spread\n  - config: rollout_spread\n")
+    unknown = tmp_path / "tour4.yaml"
+    unknown.write_text("runs:\n  - config: rollout_spread\nrunz: 1\n")
+    empty = tmp_path / "tour5.yaml"
+    empty.write_text("runs: []\n")
+    return [(bad_tour, "runs.1"), (tour_bad_value, "runs.0"), (tour_twice, "used twice"), (unknown, "'runz'"),
+            (empty, "'runs'")]
+
+
+def test_bad_tours_exit_2_with_one_short_line_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for path, message in _bad_tours(tmp_path):
+        out = tmp_path / f"tour-{path.stem}"
+        assert main(["tour", str(path), "--out", str(out), "--quiet"]) == 2, path
+        err = capsys.readouterr().err
+        lines = _lines(err)
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert message in lines[0] and len(lines[0]) < 1200, (path.name, lines[0][:300])
+        assert not out.exists()
 
 
 def test_bad_config_files_exit_2_with_one_short_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
