@@ -7,10 +7,12 @@ losses of synchronous runs) go to metrics.jsonl; every wall-clock number goes to
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from capabilities.training.param_server.config import PSConfig
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 
 
@@ -194,17 +196,22 @@ def run_zero(cfg: ZeroConfig, ctx: RunContext) -> dict[str, Any]:
 # Parameter server with a straggler
 
 
+def _ps_field(name: str) -> Any:
+    """PSConfig's field ``name`` (default, bounds, description): the run's settings have one source."""
+    return copy.deepcopy(PSConfig.model_fields[name])
+
+
 class PSExperimentConfig(ExperimentConfig):
     """BSP, SSP and async parameter servers with one slow worker: loss vs wall time."""
 
     modes: list[Literal["bsp", "ssp", "async"]] = Field(["bsp", "ssp", "async"], min_length=1,
                                                        description="Consistency modes to run.")
-    staleness: int = Field(2, ge=0, le=100, description="SSP bound s (clocks a worker may run ahead).")
-    num_servers: int = Field(2, ge=1, le=8, description="Server processes (parameter shards).")
-    num_workers: int = Field(3, ge=1, le=8, description="Worker processes; worker 0 is the straggler.")
-    steps: int = Field(30, ge=1, le=10000, description="Clocks per worker.")
-    lr: float = Field(0.1, gt=0, description="SGD learning rate.")
-    straggler_delay_s: float = Field(0.05, ge=0, le=10, description="Extra seconds per iteration of worker 0.")
+    staleness: int = _ps_field("staleness")
+    num_servers: int = _ps_field("num_servers")
+    num_workers: int = _ps_field("num_workers")
+    steps: int = _ps_field("steps")
+    lr: float = _ps_field("lr")
+    straggler_delay_s: float = _ps_field("straggler_delay_s")
     dim: int = Field(16, ge=1, le=1_000_000, description="Parameters of the least-squares model.")
     examples_per_worker: int = Field(64, ge=1, le=100_000, description="Rows of data per worker.")
     target_loss: float = Field(0.1, gt=0, description="Loss whose first crossing is the time-to-loss.")
@@ -226,7 +233,6 @@ def run_ps(cfg: PSExperimentConfig, ctx: RunContext) -> dict[str, Any]:
 
     from capabilities.training.param_server import (
         LeastSquares,
-        PSConfig,
         run_parameter_server,
         sync_sgd_update,
     )

@@ -98,7 +98,6 @@ def run_parameter_server(
     """
     from capabilities.training.launch import launch
 
-    cfg.validate()
     task = task or LeastSquares()
     world = cfg.num_servers + cfg.num_workers
     outs = launch(_ps_process, world, cfg, task, init="none", timeout_s=cfg.timeout_s,
