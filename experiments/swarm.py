@@ -1,4 +1,4 @@
-"""Experiment kinds of the swarm: the Vicsek transition, Couzin's regimes, a flock animation.
+"""Experiment kinds of the swarm: the Vicsek transition, Couzin's regimes, a flock animation, a learned flock.
 
 * ``vicsek_transition`` -- polarization vs noise for several N at fixed density (several
   seeds, mean and spread after the transient), and polarization vs density.
@@ -6,6 +6,8 @@
   swarm, torus (milling) and parallel motion.
 * ``flock_animation`` -- a Mesa :class:`swarm.model.SwarmModel` run drawn as a snapshot with
   headings and an animated GIF.
+* ``learned_flock`` -- MAPPO trained on ``swarm/flock-v0`` (10 agents), then its actor drives
+  Mesa swarms of 100 to 10,000 agents beside the Reynolds rule and random turns.
 
 The sweep points run on Ray (:mod:`swarm.sweep`); every point owns its seed.
 """
@@ -19,6 +21,8 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from experiments import ExperimentConfig, RunContext, Section, register_kind
+from experiments.marl import EvalSettings, _plot, _run_jobs
+from marl.mappo import MAPPOConfig
 from swarm.phases import point_seed, steady_order
 from swarm.sweep import run_points
 
@@ -243,7 +247,7 @@ def run_flock(cfg: FlockAnimationConfig, ctx: RunContext) -> dict[str, Any]:
     model = SwarmModel(cfg.rule, cfg.n_agents, box=cfg.box, seed=cfg.seed, **cfg.params)
     every = max(1, cfg.steps // cfg.frames)
     frames = []
-    radius = model.rule.zones[2]
+    radius = model.perception.radius
 
     def heading() -> np.ndarray:
         return np.arctan2(model.directions[:, 1], model.directions[:, 0])
@@ -263,3 +267,143 @@ def run_flock(cfg: FlockAnimationConfig, ctx: RunContext) -> dict[str, Any]:
         flock_gif(frames, model.box, tmp, fps=cfg.fps, title=f"{cfg.rule}, N={cfg.n_agents}")
     return {"rule": cfg.rule, "initial_polarization": float(polar[0]), "final_polarization": float(polar[-1]),
             "final_clusters": clusters(model.positions, radius, model.box)}
+
+
+# ---------------------------------------------------------------------------------------------
+# A flock learned by MAPPO on swarm/flock-v0, driving Mesa swarms of any size
+
+
+class FlockTrainConfig(MAPPOConfig):
+    """MAPPO on ``swarm/flock-v0`` with an actor that reads no agent id (so it runs at any N).
+
+    The environment is Mesa's boid world: 10 agents at Mesa's density (0.01 per unit area, box
+    31.6) moving 1 per step, so the Reynolds rule compared with it runs with Mesa's defaults.
+    """
+
+    env: str = Field("swarm/flock-v0", description="The environment (swarm/flock-v0 only).")
+    env_kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"n_agents": 10, "k": 4, "box": 31.6, "speed": 1.0, "max_cycles": 100},
+        description="Keyword arguments of swarm/flock-v0 (n_agents, k, box, speed, max_turn, n_turns, cohesion, max_cycles).")
+    backend: Literal["vec", "parallel"] = Field("parallel", description="parallel: copies of the ParallelEnv (flock-v0 has no batched version).")
+    agent_id: bool = Field(False, description="Must stay false: an actor reading a one-hot id runs only at its training N.")
+    num_envs: int = Field(16, ge=1, le=65_536, description="Environments stepped together (B).")
+    rollout_steps: int = Field(50, ge=1, le=100_000, description="Steps per environment between updates (T).")
+    total_steps: int = Field(400_000, ge=1, le=10**10, description="Environment steps to train for.")
+
+
+class LearnedFlockConfig(EvalSettings):
+    """Train MAPPO on swarm/flock-v0, then drive Mesa swarms of several sizes with it, Reynolds and random turns."""
+
+    train: FlockTrainConfig = Field(default_factory=FlockTrainConfig, description="MAPPO on swarm/flock-v0.")
+    eval_every: int = Field(10, ge=1, le=10**9, description="Updates between greedy evaluations on flock-v0.")
+    eval_episodes: int = Field(16, ge=1, le=100_000, description="Greedy episodes per evaluation.")
+    baselines: list[str] = Field(["random", "noop"], description="Baselines on flock-v0: random, noop.")
+    n_agents: list[Annotated[int, Field(ge=2, le=100_000)]] = Field(
+        [100, 1000, 10000], min_length=1, max_length=10, description="Sizes of the Mesa swarms (each 2 .. 100,000).")
+    steps: int = Field(600, gt=0, le=100_000, description="Steps of each Mesa swarm.")
+    record_every: PositiveInt = Field(10, description="Record polarization and clusters every this many steps.")
+    window: float = Field(0.25, gt=0, le=1, description="Headline polarization: mean over this last fraction of the records.")
+    cluster_radius: PositiveFloat = Field(10.0, description="Agents closer than this are linked in the cluster count (Mesa's vision).")
+    reynolds: dict[str, float] = Field(default_factory=dict, description="Parameters of the Reynolds rule (default: Mesa's boid_flockers).")
+    gif_n_agents: int = Field(1000, ge=2, le=100_000, description="The size drawn in the GIF (one of n_agents).")
+    frames: int = Field(40, gt=0, le=1000, description="Frames in the GIF.")
+    fps: int = Field(10, gt=0, le=100, description="Frames per second of the GIF.")
+
+    @field_validator("reynolds")
+    @classmethod
+    def _reynolds_parameters(cls, value: dict[str, float]) -> dict[str, float]:
+        from swarm.rule import make_rule
+
+        make_rule("reynolds", **value)  # raises ValueError naming the parameter
+        return value
+
+    @field_validator("train")
+    @classmethod
+    def _a_flock_actor_for_any_n(cls, value: FlockTrainConfig) -> FlockTrainConfig:
+        if value.env != "swarm/flock-v0":
+            raise ValueError(f"train.env must be swarm/flock-v0 (the swarm's k-nearest view), got {value.env!r}")
+        if value.agent_id or not value.share_params:
+            raise ValueError("train.agent_id must be false and train.share_params true: one actor for any number of agents")
+        return value
+
+    @field_validator("gif_n_agents")
+    @classmethod
+    def _gif_size_is_run(cls, value: int, info: ValidationInfo) -> int:
+        sizes = info.data.get("n_agents")
+        if sizes is not None and value not in sizes:
+            raise ValueError(f"gif_n_agents must be one of n_agents {sizes}, got {value}")
+        return value
+
+
+def _drive(policy: Any, n: int, cfg: LearnedFlockConfig, seed: int, ctx: RunContext, name: str,
+           frames: list[tuple[np.ndarray, np.ndarray]] | None, **parts: Any) -> dict[str, Any]:
+    """One Mesa swarm of ``n`` agents driven by ``policy``; logs its order, returns its series and final state."""
+    from swarm.metrics import clusters
+    from swarm.model import SwarmModel
+
+    model = SwarmModel(policy, n, seed=seed, **parts)
+    every = max(1, cfg.steps // cfg.frames)
+    series: dict[str, list[float]] = {"step": [], "polarization": [], "clusters": []}
+
+    def heading() -> np.ndarray:
+        return np.arctan2(model.directions[:, 1], model.directions[:, 0])
+
+    for t in range(cfg.steps + 1):
+        if t > 0:
+            model.step()
+        if t % cfg.record_every == 0 or t == cfg.steps:
+            point = {"step": t, "polarization": model.polarization,
+                     "clusters": clusters(model.positions, cfg.cluster_radius, model.box)}
+            for key, value in point.items():
+                series[key].append(value)
+            ctx.log(n_agents=n, policy=name, **point)
+        if frames is not None and (t % every == 0 or t == cfg.steps):
+            frames.append((model.positions.copy(), heading()))
+    return {"series": {k: np.asarray(v) for k, v in series.items()},
+            "state": (model.positions.copy(), heading(), model.box)}
+
+
+@register_kind("learned_flock", LearnedFlockConfig, axis="intelligence",
+               description="MAPPO on swarm/flock-v0 drives Mesa swarms of 100 to 10,000 agents beside Reynolds and random")
+def run_learned_flock(cfg: LearnedFlockConfig, ctx: RunContext) -> dict[str, Any]:
+    from swarm.learned import RandomTurns, load_learned
+    from swarm.plots import order_over_time, panels_gif, snapshot_grid
+    from swarm.reynolds import Reynolds
+
+    # Phase 1: train (checkpointed and resumable like every MAPPO run); the actor lands in policy/.
+    done = _run_jobs(cfg, ctx, [("MAPPO", cfg.seed, cfg.train)])
+    headline = _plot(ctx, {"MAPPO": [done["curves"][f"MAPPO/seed{cfg.seed}"]]}, done["baselines"],
+                     "MAPPO on swarm/flock-v0 (actor without agent id)", done["teams"])
+
+    # Phase 2: the saved actor, read back as data, drives Mesa swarms at the training density.
+    learned = load_learned(ctx.path)
+    density = learned.default_density
+    series: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+    states: dict[int, dict[str, tuple[np.ndarray, np.ndarray, float]]] = {}
+    gif_frames: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for i, n in enumerate(cfg.n_agents):
+        drivers = {
+            "learned": (learned, {}),
+            "reynolds": (Reynolds(**cfg.reynolds), {}),
+            "random": (RandomTurns(len(learned.motion.turns), point_seed(cfg.seed, 4, i)),
+                       {"perception": learned.perception, "motion": learned.motion}),
+        }
+        series[n], states[n] = {}, {}
+        for name, (policy, parts) in ctx.progress(drivers.items(), description=f"N={n}"):
+            frames = gif_frames.setdefault(name, []) if n == cfg.gif_n_agents else None
+            # The same seed for the three: every policy starts from the same swarm.
+            out = _drive(policy, n, cfg, point_seed(cfg.seed, 3, i), ctx, name, frames, density=density, **parts)
+            series[n][name], states[n][name] = out["series"], out["state"]
+            keep = max(1, int(round(cfg.window * len(out["series"]["polarization"]))))
+            headline[f"polarization_{name}_N{n}"] = float(out["series"]["polarization"][-keep:].mean())
+            headline[f"clusters_{name}_N{n}"] = int(out["series"]["clusters"][-1])
+    ctx.save_figure(order_over_time(series), "learned_flock_order")
+    ctx.save_figure(snapshot_grid(states, f"step {cfg.steps}, density {density:.3g}"), "learned_flock_snapshots")
+    names = list(gif_frames)
+    box = states[cfg.gif_n_agents][names[0]][2]
+    with ctx.artifact("figures/learned_flock.gif") as tmp:
+        panels_gif(list(zip(*gif_frames.values(), strict=True)), box, tmp,
+                   titles=[f"{name}, N={cfg.gif_n_agents:,}" for name in names], fps=cfg.fps)
+    for n in cfg.n_agents:
+        headline[f"learned_minus_reynolds_N{n}"] = headline[f"polarization_learned_N{n}"] - headline[f"polarization_reynolds_N{n}"]
+    return headline

@@ -1,8 +1,10 @@
-"""Swarm emergence on Mesa: Reynolds, Vicsek and Couzin rules, order metrics, the flock env.
+"""Swarm emergence on Mesa: perceptions, policies (Reynolds, Vicsek, Couzin, learned), order metrics.
 
 ``swarm.simulate("vicsek", 400, 1000, seed=0, density=4.0, noise=0.5)`` runs a swarm and
 returns per-step order metrics and the final state; :class:`SwarmModel` is the same swarm as a
-Mesa model; ``envs.make("swarm/flock-v0")`` is the swarm as a PettingZoo environment.
+Mesa model; ``envs.make("swarm/flock-v0")`` is the swarm as a PettingZoo environment. A step is
+a perception (:class:`ZoneSums`, :class:`KNearest`), a policy (any callable: a rule, a plain
+function, :func:`load_learned`'s trained actor) and a :class:`Motion`.
 """
 
 from swarm.couzin import Couzin
@@ -24,8 +26,9 @@ from swarm.neighbours import (
     neighbour_sums_bruteforce,
     wrap,
 )
+from swarm.perception import KNearest, Motion, Percept, Perception, ZoneSums
 from swarm.reynolds import Reynolds
-from swarm.rule import RULES, LocalView, Rule, make_rule
+from swarm.rule import RULES, LocalView, make_rule
 from swarm.vicsek import Vicsek
 
 
@@ -39,6 +42,11 @@ def __getattr__(name: str) -> object:
         from swarm import env
 
         return getattr(env, name)
+    if name in ("LearnedPolicy", "load_learned"):
+        # A saved MAPPO actor pulls in torch.
+        from swarm import learned
+
+        return getattr(learned, name)
     raise AttributeError(f"module 'swarm' has no attribute {name!r}")
 
 
@@ -48,17 +56,23 @@ __all__ = [
     "AlignPolicy",
     "Couzin",
     "FlockEnv",
+    "KNearest",
+    "LearnedPolicy",
     "LocalView",
+    "Motion",
+    "Percept",
+    "Perception",
     "Reynolds",
-    "Rule",
     "SimulationResult",
     "SwarmAgent",
     "SwarmModel",
     "Vicsek",
+    "ZoneSums",
     "advance",
     "clusters",
     "initial_state",
     "k_nearest",
+    "load_learned",
     "make_rule",
     "minimum_image",
     "nearest_neighbour",

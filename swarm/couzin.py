@@ -18,11 +18,14 @@ import math
 
 import numpy as np
 
+from swarm.perception import Motion, ZoneSums
 from swarm.rule import LocalView, check_range, normalize
 
 
 class Couzin:
     """Repulsion, orientation and attraction zones with a blind angle and a maximum turning rate.
+
+    A policy over :class:`swarm.perception.ZoneSums`; the blind angle lives in that perception.
 
     Args:
         repulsion: Radius r_r of the zone of repulsion. Default 1.
@@ -37,7 +40,6 @@ class Couzin:
     """
 
     name = "couzin"
-    move_first = False
     default_density = 0.001
 
     def __init__(self, repulsion: float = 1.0, orientation_width: float = 2.0,
@@ -54,8 +56,8 @@ class Couzin:
         self.noise = check_range("noise", noise, 0)
         self.rng = np.random.default_rng(seed)
         r_o = self.repulsion + self.orientation_width
-        self.zones = (self.repulsion, r_o, r_o + self.attraction_width)
-        self.step_length = self.speed * self.dt
+        self.perception = ZoneSums(self.repulsion, r_o, r_o + self.attraction_width, self.blind_angle)
+        self.motion = Motion(self.speed * self.dt)
 
     def __call__(self, view: LocalView) -> np.ndarray:
         """New unit headings: desired direction by zone priority, noise, bounded turn."""

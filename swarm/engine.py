@@ -1,37 +1,67 @@
-"""The swarm engine: synchronous vectorized steps of a local rule, with order metrics per step.
+"""The swarm engine: synchronous vectorized steps of perception, policy and motion, with order metrics.
 
-One step: neighbour sums from the cell list at time t, the rule's new headings from them,
-then every position moves at once (before or after the turn, as the rule says). No loop over
-agents in Python; the Mesa model (:mod:`swarm.model`) calls the same :func:`advance`.
+One step (:func:`advance`): the perception builds every agent's observation from the state at
+time t, the policy turns the batch of observations into a batch of actions, and the motion
+turns them into new headings and moves every agent at once. No loop over agents in Python; the
+Mesa model (:mod:`swarm.model`) and ``swarm/flock-v0`` (:mod:`swarm.env`) use the same pieces.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from swarm.metrics import METRICS, order_metrics
-from swarm.neighbours import sorted_neighbour_sums, unpermute, wrap
-from swarm.rule import RULES, LocalView, Rule, check_range, make_rule, unit
+from swarm.neighbours import wrap
+from swarm.perception import Motion, Perception
+from swarm.rule import RULES, check_range, make_rule, unit
+
+if TYPE_CHECKING:
+    from envs.api import Policy
 
 
-def advance(positions: np.ndarray, directions: np.ndarray, rule: Rule,
-            box: float) -> tuple[np.ndarray, np.ndarray]:
+def parts_of(policy: Policy, perception: Perception | None = None,
+             motion: Motion | None = None) -> tuple[Perception, Motion]:
+    """The perception and motion a policy runs with: the ones given, else the policy's own.
+
+    A hand-written rule (Reynolds, Vicsek, Couzin) carries the perception and motion it was
+    written for; a plain function or a learned policy is given them.
+
+    Raises:
+        ValueError: naming what is missing.
+    """
+    perception = perception if perception is not None else getattr(policy, "perception", None)
+    motion = motion if motion is not None else getattr(policy, "motion", None)
+    if not callable(policy):
+        raise ValueError(f"policy must be callable (a batch of observations in, a batch of actions out), "
+                         f"got {type(policy).__name__}")
+    if perception is None:
+        raise ValueError("perception: this policy has none of its own; give one "
+                         "(swarm.ZoneSums(...) for neighbour sums, swarm.KNearest(...) for flock-v0's view)")
+    if motion is None:
+        raise ValueError("motion: this policy has none of its own; give one (swarm.Motion(speed=..., turns=...))")
+    return perception, motion
+
+
+def advance(positions: np.ndarray, directions: np.ndarray, policy: Policy, box: float, *,
+            perception: Perception | None = None, motion: Motion | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One synchronous step of every agent; returns new (positions, unit directions).
 
-    The rule sees its batch of agents in cell order (where the neighbour sums are computed);
-    only its two-column answer is put back into agent order.
+    Args:
+        positions: (N, 2) positions in [0, box).
+        directions: (N, 2) unit headings.
+        policy: Any callable from a batch of observations to a batch of actions.
+        box: Side of the periodic box.
+        perception: What the agents see. Default: the policy's own (a hand-written rule's).
+        motion: What an action does. Default: the policy's own.
     """
-    r_near, r_mid, r_outer = rule.zones
-    order, dirs_sorted, sums = sorted_neighbour_sums(positions, directions, box, r_near=r_near,
-                                                     r_mid=r_mid, r_outer=r_outer,
-                                                     blind_angle=rule.blind_angle)
-    new_dirs = unpermute(rule(LocalView(dirs_sorted, sums)), order)
-    moved_with = directions if rule.move_first else new_dirs
-    return wrap(positions + rule.step_length * moved_with, box), new_dirs
+    perception, motion = parts_of(policy, perception, motion)
+    percept = perception(positions, directions, box)
+    new_dirs = motion.headings(percept, policy(percept.observations))
+    return motion.move(positions, directions, new_dirs, box), new_dirs
 
 
 def box_side(n_agents: int, density: float | None, box: float | None, default_density: float) -> float:
@@ -84,16 +114,37 @@ class SimulationResult:
         return unit(self.headings)
 
 
-def simulate(rule: str | Rule, n_agents: int, steps: int, *, seed: int | None = None,
+def named_rule(rule: Any, params: dict[str, Any], seed: Any) -> Policy:
+    """A rule given by name, built with its parameters (its noise seeded with ``seed``), or the
+    policy given (an ``envs.Agent``'s own policy when given an agent)."""
+    if isinstance(rule, str):
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+        if rule != "reynolds":
+            params.setdefault("seed", seed)
+        return make_rule(rule, **params)
+    if params:
+        raise ValueError(f"rule parameters {sorted(params)} apply only to a rule given by name")
+    if not callable(rule) and callable(getattr(rule, "policy", None)):
+        return rule.policy  # an envs.Agent: the swarm acts through the agent's policy
+    return rule
+
+
+def simulate(rule: str | Policy, n_agents: int, steps: int, *, perception: Perception | None = None,
+             motion: Motion | None = None, seed: int | None = None,
              density: float | None = None, box: float | None = None, aligned: bool = False,
              init_radius: float | None = None, record: tuple[str, ...] = METRICS,
              record_every: int = 1, **params: Any) -> SimulationResult:
     """Simulates ``n_agents`` following ``rule`` for ``steps`` synchronous steps.
 
     Args:
-        rule: ``"reynolds"``, ``"vicsek"``, ``"couzin"`` or a :class:`swarm.rule.Rule` object.
+        rule: ``"reynolds"``, ``"vicsek"``, ``"couzin"``, or any policy (a callable from a batch
+            of observations to a batch of actions: a rule object, a plain function, a learned policy).
         n_agents: Number of agents, >= 1 (>= 2 for the nearest-neighbour metric).
         steps: Number of steps, >= 0.
+        perception: What the agents see (:class:`swarm.ZoneSums`, :class:`swarm.KNearest`).
+            Default: the rule's own; needed for a policy without one.
+        motion: What an action does (:class:`swarm.Motion`). Default: the rule's own.
         seed: Seed of the initial state and of the rule's noise. Default None.
         density: Agents per unit area; sets the box when ``box`` is not given. Default: the rule's.
         box: Side of the periodic square box. Default None (from ``density``).
@@ -118,20 +169,12 @@ def simulate(rule: str | Rule, n_agents: int, steps: int, *, seed: int | None = 
     if init_radius is not None:
         check_range("init_radius", init_radius, 0)
     seeds = np.random.SeedSequence(seed).spawn(2)
-    if isinstance(rule, str):
-        if rule not in RULES:
-            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
-        if rule != "reynolds":
-            params.setdefault("seed", seeds[1])
-        rule_obj = make_rule(rule, **params)
-    else:
-        if params:
-            raise ValueError(f"rule parameters {sorted(params)} apply only to a rule given by name")
-        rule_obj = rule
-    side = box_side(n_agents, density, box, getattr(rule_obj, "default_density", 1.0))
+    policy = named_rule(rule, params, seeds[1])
+    perception, motion = parts_of(policy, perception, motion)
+    side = box_side(n_agents, density, box, getattr(policy, "default_density", 1.0))
     positions, directions = initial_state(n_agents, side, np.random.default_rng(seeds[0]),
                                           aligned=aligned, init_radius=init_radius)
-    radius = rule_obj.zones[2]
+    radius = perception.radius
     series: dict[str, list[float]] = {name: [] for name in record}
     recorded: list[int] = []
 
@@ -143,7 +186,7 @@ def simulate(rule: str | Rule, n_agents: int, steps: int, *, seed: int | None = 
 
     note(0)
     for t in range(1, steps + 1):
-        positions, directions = advance(positions, directions, rule_obj, side)
+        positions, directions = advance(positions, directions, policy, side, perception=perception, motion=motion)
         if t % record_every == 0 or t == steps:
             note(t)
     return SimulationResult(

@@ -8,6 +8,11 @@ an agent is the alignment with its neighbours (mean cosine of the heading differ
 ``cohesion`` times their mean distance in units of the box. Episodes are truncated after
 ``max_cycles`` steps; nothing terminates. ``state()`` gives the central critic every agent's
 position (divided by the box) and heading (cosine, sine).
+
+The env steps through the swarm engine's pieces: its observation is the
+:class:`swarm.perception.KNearest` perception (scale half the box) and its turns are a
+:class:`swarm.perception.Motion`, so a policy trained here reads and acts the same way in
+:class:`swarm.SwarmModel` or :func:`swarm.simulate`, at any number of agents.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from envs.registry import register
-from swarm.neighbours import k_nearest, minimum_image, wrap
+from swarm.engine import initial_state
+from swarm.perception import KNearest, Motion, Percept
 from swarm.rule import check_range
 
 
@@ -58,10 +64,22 @@ class FlockEnv(ParallelEnv):
         self._obs_space = spaces.Box(-1.0, 1.0, (4 * self.k,), dtype=np.float32)
         self._act_space = spaces.Discrete(self.n_turns)
         self.state_space = spaces.Box(-1.0, 1.0, (4 * self.n,), dtype=np.float32)
+        self.perception = KNearest(self.k, 0.5 * self.box)
+        self.motion = Motion(self.speed, turns=tuple(float(t) for t in self.turns))
         self._rng = np.random.default_rng()
         self.positions = np.zeros((self.n, 2))
-        self.angles = np.zeros(self.n)
+        self.directions = np.tile([1.0, 0.0], (self.n, 1))
         self.t = 0
+
+    @property
+    def angles(self) -> np.ndarray:
+        """(N,) headings in radians, in (-pi, pi]."""
+        return np.arctan2(self.directions[:, 1], self.directions[:, 0])
+
+    @angles.setter
+    def angles(self, value: np.ndarray) -> None:
+        value = np.asarray(value, dtype=np.float64)
+        self.directions = np.stack([np.cos(value), np.sin(value)], axis=1)
 
     def observation_space(self, agent: str) -> spaces.Box:
         """Box(-1, 1, (4k,)): rotated displacements, then cos and sin of relative headings."""
@@ -75,36 +93,26 @@ class FlockEnv(ParallelEnv):
         """Uniform positions and headings from a generator seeded with ``seed``."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        self.positions = self._rng.random((self.n, 2)) * self.box
-        self.angles = self._rng.uniform(-np.pi, np.pi, self.n)
+        self.positions, self.directions = initial_state(self.n, self.box, self._rng)
         self.agents = list(self.possible_agents)
         self.t = 0
         obs, _ = self._observe()
         return obs, {a: {} for a in self.agents}
 
     def _observe(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        dist, idx = k_nearest(self.positions, self.k, self.box)
-        d = minimum_image(self.positions[idx] - self.positions[:, None, :], self.box)
-        c, s = np.cos(self.angles)[:, None], np.sin(self.angles)[:, None]
-        # Rotate into each agent's frame: its heading becomes +x.
-        local = np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)
-        rel = self.angles[idx] - self.angles[:, None]
-        # Minimum-image components are at most box/2 each, so the scaled vector can reach
-        # sqrt(2) in length after rotation; clip keeps the observation inside its Box.
-        pos_part = np.clip(local / (0.5 * self.box), -1.0, 1.0).reshape(self.n, -1)
-        obs = np.concatenate([pos_part, np.cos(rel), np.sin(rel)], axis=1).astype(np.float32)
-        self._last_rewards = np.cos(rel).mean(1) - self.cohesion * dist.mean(1) / self.box
+        nb = self.perception.neighbours(self.positions, self.directions, self.box)
+        obs = self.perception.encode(nb)
+        self._last_rewards = nb.cos.mean(1) - self.cohesion * nb.distances.mean(1) / self.box
         return {a: obs[i] for i, a in enumerate(self.possible_agents)}, obs
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         """Turns each agent by its chosen turn (agents without an action go straight), then moves all."""
-        turn = np.zeros(self.n)
-        for i, a in enumerate(self.possible_agents):
-            if a in actions:
-                turn[i] = self.turns[int(actions[a])]
-        self.angles = np.angle(np.exp(1j * (self.angles + turn)))
-        step = np.stack([np.cos(self.angles), np.sin(self.angles)], 1)
-        self.positions = wrap(self.positions + self.speed * step, self.box)
+        straight = self.n_turns // 2  # the middle turn is 0 (n_turns is odd)
+        index = np.array([int(actions.get(a, straight)) for a in self.possible_agents])
+        # The engine's motion: the same code that moves a swarm driven by this env's policies.
+        new = self.motion.headings(Percept(None, self.directions), index)
+        self.positions = self.motion.move(self.positions, self.directions, new, self.box)
+        self.directions = new
         self.t += 1
         obs, _ = self._observe()
         rewards = {a: float(self._last_rewards[i]) for i, a in enumerate(self.possible_agents)}

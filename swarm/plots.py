@@ -21,8 +21,11 @@ def _plt() -> Any:
 def draw_swarm(ax: Any, positions: np.ndarray, headings: np.ndarray, box: float, *,
                title: str = "", color: Any = "tab:blue") -> Any:
     """Agents as arrows along their headings in a [0, box]^2 axes; returns the quiver."""
+    # Arrows shrink as a crowd grows, so 10,000 agents stay readable in one panel.
+    n = len(positions)
     q = ax.quiver(positions[:, 0], positions[:, 1], np.cos(headings), np.sin(headings),
-                  color=color, angles="xy", pivot="middle", scale=40, width=0.004)
+                  color=color, angles="xy", pivot="middle", scale=40 * max(1.0, np.sqrt(n / 200)),
+                  width=0.004 / max(1.0, np.sqrt(n / 1000)))
     ax.set(xlim=(0, box), ylim=(0, box), aspect="equal", title=title)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -90,19 +93,59 @@ def flock_snapshot(positions: np.ndarray, headings: np.ndarray, box: float,
 def flock_gif(frames: Sequence[tuple[np.ndarray, np.ndarray]], box: float, path: Path, *,
               fps: int = 10, title: str = "") -> None:
     """Writes an animated GIF of ``frames`` (positions, headings) with matplotlib's PillowWriter."""
+    panels_gif([[f] for f in frames], box, path, titles=[title], fps=fps)
+
+
+def panels_gif(frames: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], box: float, path: Path, *,
+               titles: Sequence[str], fps: int = 10) -> None:
+    """An animated GIF of swarms side by side: ``frames[t][p]`` is panel p's (positions, headings) at frame t."""
     plt = _plt()
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    pos0, head0 = frames[0]
-    q = draw_swarm(ax, pos0, head0, box, title=title)
+    fig, axes = plt.subplots(1, len(titles), figsize=(4.5 * len(titles), 4.5), squeeze=False)
+    quivers = [draw_swarm(ax, pos, head, box, title=title)
+               for ax, (pos, head), title in zip(axes[0], frames[0], titles, strict=True)]
 
     def update(k: int) -> Any:
-        pos, head = frames[k]
-        q.set_offsets(pos)
-        q.set_UVC(np.cos(head), np.sin(head))
-        return (q,)
+        for q, (pos, head) in zip(quivers, frames[k], strict=True):
+            q.set_offsets(pos)
+            q.set_UVC(np.cos(head), np.sin(head))
+        return tuple(quivers)
 
     anim = FuncAnimation(fig, update, frames=len(frames), blit=False)
     anim.save(str(path), writer=PillowWriter(fps=fps), dpi=72)
     plt.close(fig)
+
+
+def order_over_time(series: dict[int, dict[str, dict[str, np.ndarray]]]) -> Any:
+    """Polarization (top) and cluster count (bottom) over time, one column per swarm size.
+
+    ``series[n][policy]`` holds arrays ``step``, ``polarization`` and ``clusters``.
+    """
+    plt = _plt()
+    sizes = list(series)
+    fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 6.4), squeeze=False, sharex="col")
+    for col, n in enumerate(sizes):
+        for name, s in series[n].items():
+            axes[0, col].plot(s["step"], s["polarization"], label=name)
+            axes[1, col].plot(s["step"], s["clusters"], label=name)
+        axes[0, col].set(title=f"N={n:,}", ylim=(0, 1.02), ylabel="polarization" if col == 0 else None)
+        axes[1, col].set(xlabel="step", yscale="log", ylabel="clusters" if col == 0 else None)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def snapshot_grid(states: dict[int, dict[str, tuple[np.ndarray, np.ndarray, float]]], title: str) -> Any:
+    """The final swarms: one row per size, one column per policy; ``states[n][policy]`` = (positions, headings, box)."""
+    plt = _plt()
+    sizes = list(states)
+    names = list(states[sizes[0]])
+    fig, axes = plt.subplots(len(sizes), len(names), figsize=(3.6 * len(names), 3.6 * len(sizes)), squeeze=False)
+    for row, n in enumerate(sizes):
+        for col, name in enumerate(names):
+            pos, head, box = states[n][name]
+            draw_swarm(axes[row, col], pos, head, box, title=f"{name}, N={n:,}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from swarm.perception import Motion, ZoneSums
 from swarm.rule import LocalView, check_range, normalize
 
 
 class Reynolds:
-    """Separation, alignment and cohesion.
+    """Separation, alignment and cohesion: a policy over :class:`swarm.perception.ZoneSums`.
 
     Args:
         speed: Distance moved per step. Default 1 (Mesa's default).
@@ -29,8 +30,6 @@ class Reynolds:
     """
 
     name = "reynolds"
-    blind_angle = 0.0
-    move_first = False
     default_density = 0.01  # Mesa's example: 100 boids in a 100 x 100 box
 
     def __init__(self, speed: float = 1.0, vision: float = 10.0, separation: float = 2.0,
@@ -41,8 +40,9 @@ class Reynolds:
         self.cohere = check_range("cohere", cohere, 0)
         self.separate = check_range("separate", separate, 0)
         self.match = check_range("match", match, 0)
-        self.zones = (self.separation, self.separation, self.vision)
-        self.step_length = self.speed
+        # It reads the neighbours within vision and, among them, those closer than separation.
+        self.perception = ZoneSums(self.separation, self.separation, self.vision)
+        self.motion = Motion(self.speed)
 
     def __call__(self, view: LocalView) -> np.ndarray:
         """New unit headings from the neighbour sums."""

@@ -1,16 +1,18 @@
-"""What a local rule is: a Policy from each agent's view of its neighbours to a new heading.
+"""What the hand-written rules share: the view they read, and their parameter checks.
 
-A rule never sees the whole swarm. The simulator gives it a :class:`LocalView` -- each
-agent's own heading and the sums over the neighbours it can see (:mod:`swarm.neighbours`) --
-and takes back one unit heading per agent. So a rule is a :class:`envs.api.Policy` over a
-batch of agents, and a learned policy with the same signature can replace it.
+A rule never sees the whole swarm. Its perception (:class:`swarm.perception.ZoneSums`) gives
+it a :class:`LocalView` -- each agent's own heading and the sums over the neighbours it can see
+(:mod:`swarm.neighbours`) -- and it returns one unit heading per agent. So a rule is a plain
+:class:`envs.api.Policy` over a batch of agents; each rule object also carries the perception
+and the :class:`swarm.perception.Motion` it was written for (``rule.perception``,
+``rule.motion``), which is where its radii, blind angle and speed live.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numba
 import numpy as np
@@ -37,23 +39,6 @@ class LocalView:
         prefix, _, zone = name.partition("_")
         k = COL[f"{prefix}x_{zone}"]  # x and y columns are adjacent: a view, not a copy
         return self.sums[:, k:k + 2]
-
-
-@runtime_checkable
-class Rule(Protocol):
-    """A local rule. ``zones`` = (r_near, r_mid, r_outer) of the neighbour sums it reads.
-
-    ``move_first`` says whether agents move with the old heading before turning (Vicsek 1995,
-    eq. 1) or turn first and move with the new heading (Reynolds, Couzin).
-    """
-
-    name: str
-    zones: tuple[float, float, float]
-    blind_angle: float
-    step_length: float
-    move_first: bool
-
-    def __call__(self, view: LocalView) -> np.ndarray: ...
 
 
 def check_range(name: str, value: Any, lo: float, hi: float = math.inf, *,
@@ -106,7 +91,7 @@ def unit(angles: np.ndarray) -> np.ndarray:
 RULES = ("reynolds", "vicsek", "couzin")
 
 
-def make_rule(name: str, **params: Any) -> Rule:
+def make_rule(name: str, **params: Any) -> Any:
     """Builds a rule by name with its parameters; unknown names or parameters raise ValueError."""
     import inspect
 

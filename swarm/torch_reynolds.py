@@ -75,6 +75,6 @@ def reynolds_step(positions: torch.Tensor, directions: torch.Tensor, box: float,
         new = directions[lo:hi] + steer / count.clamp(min=1.0)[:, None]
         norm = torch.linalg.vector_norm(new, dim=1, keepdim=True)
         new_dirs[lo:hi] = torch.where(norm > 0, new / torch.where(norm > 0, norm, 1.0), directions[lo:hi])
-    moved = torch.remainder(positions + rule.step_length * new_dirs, box)
+    moved = torch.remainder(positions + rule.motion.speed * new_dirs, box)
     moved = torch.where(moved >= box, moved - box, moved)
     return moved, new_dirs

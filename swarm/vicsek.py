@@ -12,11 +12,12 @@ import math
 
 import numpy as np
 
+from swarm.perception import Motion, ZoneSums
 from swarm.rule import LocalView, check_range, unit
 
 
 class Vicsek:
-    """Align with the neighbours within ``radius``, plus uniform angular noise.
+    """Align with the neighbours within ``radius``, plus uniform angular noise (a policy over ZoneSums).
 
     Args:
         noise: Noise amplitude eta in [0, 2 pi]. Default 0.5.
@@ -26,8 +27,6 @@ class Vicsek:
     """
 
     name = "vicsek"
-    blind_angle = 0.0
-    move_first = True
     default_density = 4.0
 
     def __init__(self, noise: float = 0.5, speed: float = 0.03, radius: float = 1.0,
@@ -36,8 +35,9 @@ class Vicsek:
         self.speed = check_range("speed", speed, 0)
         self.radius = check_range("radius", radius, 0, lo_open=True)
         self.rng = np.random.default_rng(seed)
-        self.zones = (0.0, 0.0, self.radius)
-        self.step_length = self.speed
+        self.perception = ZoneSums(0.0, 0.0, self.radius)
+        # Eq. 1: the move uses the velocity at time t, before the turn.
+        self.motion = Motion(self.speed, move_first=True)
 
     def __call__(self, view: LocalView) -> np.ndarray:
         """New unit headings: the mean neighbour direction, self included, plus noise."""

@@ -13,8 +13,9 @@ from swarm.rule import LocalView, make_rule
 
 
 def _view(pos, dirs, box, rule):
-    r0, r1, r2 = rule.zones
-    return LocalView(dirs, neighbour_sums(pos, dirs, box, r_near=r0, r_mid=r1, r_outer=r2, blind_angle=rule.blind_angle))
+    z = rule.perception
+    return LocalView(dirs, neighbour_sums(pos, dirs, box, r_near=z.r_near, r_mid=z.r_mid, r_outer=z.r_outer,
+                                          blind_angle=z.blind_angle))
 
 
 def test_reynolds_equals_mesa_boid_step_agent_by_agent():
