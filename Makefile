@@ -30,8 +30,12 @@ demo: $(STAMP)
 	$(BIN)/python -m experiments run tour --out runs/tour-$$(date +%Y%m%d-%H%M%S)
 	@echo "gallery page:" && ls -t runs/tour-*/gallery.html | head -n 1 | xargs realpath
 
+# Two pytest workers: most of the slow tests wait on Flower's heartbeats and Ray's start-up,
+# not on a core, so two at a time halve the suite's wall time on a 2-core machine.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 bench: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do m=$$(basename $$b .py); echo "== $$m"; $(BIN)/python -m benchmarks.$$m --quick; done
