@@ -156,6 +156,8 @@ class MAPPO:
             self.team_params.append([p for m in (*actors, critic) for p in m.parameters()])
         self.optimizers = [torch.optim.Adam(ps, lr=cfg.lr, eps=1e-5) for ps in self.team_params]
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        # The policy that collects the rollouts: the same agents, sampling with the run's generator.
+        self.behaviour = JointPolicy(self.actor, greedy=False, generator=self.generator, device=self.device)
 
         # Loop state.
         self.update_index = 0
@@ -214,7 +216,9 @@ class MAPPO:
         finished: list[torch.Tensor] = []
         for t in range(T):
             buf["obs"][t], buf["state"][t], buf["active"][t] = self.obs, self.state, self.active
-            action = self.actor.sample(self.obs, self.generator)
+            # The agents act: each group's policy samples its agents' actions (kept before the
+            # environment's conversion, for their log-probabilities).
+            action = self.behaviour.raw(self.obs)
             # Worker processes step the copies while this process scores the current
             # observations (neither depends on the other): same numbers, less waiting.
             overlap = hasattr(self.env, "step_async")

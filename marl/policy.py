@@ -186,10 +186,6 @@ class GroupedActor(nn.Module):
             parts.append((i, actor, idx, x / scale if scale != 1.0 else x))
         return parts
 
-    def distributions(self, obs: torch.Tensor) -> list[torch.distributions.Distribution]:
-        """Each group's action distribution."""
-        return [actor.distribution(x) for _, actor, _, x in self._parts(obs)]
-
     def _scatter(self, obs: torch.Tensor, values: list[torch.Tensor], width: int | None) -> torch.Tensor:
         lead = obs.shape[:-2]
         shape = (*lead, self.num_agents) if width is None else (*lead, self.num_agents, width)
@@ -201,19 +197,6 @@ class GroupedActor(nn.Module):
             else:
                 out[..., idx, : v.shape[-1]] = v
         return out
-
-    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sampled actions ``[..., N, A]`` (indices in column 0, ``u`` for continuous agents)."""
-        parts = []
-        for (_, actor, _, _), dist in zip(self._parts(obs), self.distributions(obs), strict=True):
-            if actor.continuous:
-                noise = torch.randn(dist.mean.shape, generator=generator, device=obs.device)
-                parts.append(dist.mean + dist.stddev * noise)
-            else:
-                probs = dist.probs.reshape(-1, dist.probs.shape[-1])
-                idx = torch.multinomial(probs, 1, generator=generator).view(dist.probs.shape[:-1])
-                parts.append(idx.float().unsqueeze(-1))
-        return self._scatter(obs, parts, self.act_width)
 
     def log_prob_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy per agent, ``[..., N]`` each."""
@@ -303,6 +286,13 @@ class JointPolicy:
         self.actor, self.device = actor, torch.device(device)
         self.group_agents = [Agent(g.name, policy=GroupPolicy(g, a, greedy=greedy, generator=generator))
                              for g, a in zip(actor.groups, actor.actors, strict=True)]
+
+    def raw(self, obs: torch.Tensor) -> torch.Tensor:
+        """Every agent's action before the environment's conversion, ``[..., N, A]`` (indices in
+        column 0, ``u`` for continuous agents): what training stores and scores."""
+        parts = [agent.policy.raw(obs.index_select(-2, getattr(self.actor, f"idx{i}")))
+                 for i, agent in enumerate(self.group_agents)]
+        return self.actor._scatter(obs, parts, self.actor.act_width)
 
     @torch.no_grad()
     def __call__(self, observations: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,6 @@ def test_a_failing_rank_fails_the_run_and_every_process_is_torn_down() -> None:
     layer = MoELayer(4, 8, 2, seed=0).eval()
     state = {"kwargs": layer_kwargs(layer), "state": {"w_gate": torch.zeros(1)}}  # a state that does not load
     with pytest.raises(WorkerError, match="2 of 2 workers failed") as info:
-        launch(_expert_parallel_rank, 2, state, torch.randn(4, 4), timeout_s=30)
+        launch(_expert_parallel_rank, 2, state, torch.randn(4, 4), timeout_s=30, start_method="fork")
     assert all("state_dict" in why for why in info.value.failures.values())
     assert [p for p in multiprocessing.active_children() if p.name.startswith("agora-rank")] == []
