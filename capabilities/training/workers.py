@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from capabilities.training.data_parallel import DataParallel
-from capabilities.training.ring_allreduce import ALGORITHMS, RingAllReduce
+from capabilities.training.ring_allreduce import RingAllReduce
 from capabilities.training.zero import ZeroOptimizer
 
 # ----------------------------------------------------------------------------------------
@@ -24,7 +24,15 @@ from capabilities.training.zero import ZeroOptimizer
 
 
 def allreduce_worker(rank: int, world: int, numels: list[int], algorithms: list[str], repeats: int) -> dict[str, Any]:
-    """For each size and algorithm: bytes this rank sent, equality with gloo, best time (s)."""
+    """For each size and algorithm: bytes this rank sent, equality with gloo, best time (s).
+
+    Each algorithm is this rank's communicator (a :class:`RingAllReduce` with that algorithm,
+    held by an agent, one per algorithm); gloo's own ``dist.all_reduce`` is the reference.
+    """
+    from envs.api import Agent, Communicator
+
+    comms = {name: Agent(f"rank{rank}/{name}", capabilities=[RingAllReduce(algorithm=name)]).get(Communicator)
+             for name in algorithms}
     out: dict[str, Any] = {}
     for numel in numels:
         g = torch.Generator().manual_seed(1000 * rank + numel)
@@ -32,13 +40,14 @@ def allreduce_worker(rank: int, world: int, numels: list[int], algorithms: list[
         x = torch.randint(-100, 100, (numel,), generator=g).to(torch.float32)
         ref = x.clone()
         dist.all_reduce(ref)
-        fns = {name: (lambda t: dist.all_reduce(t)) if name == "gloo" else ALGORITHMS[name]
+        fns = {name: (lambda t: dist.all_reduce(t)) if name == "gloo" else comms[name].all_reduce
                for name in ["gloo", *algorithms]}
         best = dict.fromkeys(fns, float("inf"))
         for name, fn in fns.items():
             y = x.clone()
-            sent = fn(y)  # also the warm-up
-            out[f"{name}/{numel}"] = {"bytes": None if name == "gloo" else int(sent),
+            before = 0 if name == "gloo" else comms[name].bytes_sent
+            fn(y)  # also the warm-up
+            out[f"{name}/{numel}"] = {"bytes": None if name == "gloo" else comms[name].bytes_sent - before,
                                       "equal": bool(torch.equal(y, ref))}
         # Round-robin over the algorithms, so that other load on the machine hits all alike.
         for _ in range(repeats):
