@@ -128,10 +128,11 @@ def _workload(workload: str, n: int, params: int) -> tuple[dict[str, np.ndarray]
     overrides: dict[str, Any] = {"num-partitions": n, "fraction-evaluate": 0.0}
     if workload != "digits":
         return {"w": np.zeros(params, np.float32)}, synthetic_train, overrides
-    from federated.task import get_weights, load_model, weights_to_numpy
+    from federated.arrays import to_numpy
+    from federated.task import get_weights, load_model
 
     overrides["hidden"] = hidden_for(params)
-    initial = weights_to_numpy(get_weights(load_model("digits", overrides["hidden"], 0)))
+    initial = to_numpy(get_weights(load_model("digits", overrides["hidden"], 0)))
     return initial, partial(train_task_model, overrides=overrides), overrides
 
 

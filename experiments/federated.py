@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import AfterValidator, Field, model_validator
 
 from experiments import ExperimentConfig, RunContext, Section, register_kind
-from federated.settings import FedSettings
+from federated.settings import FedSettings, field_of
 
 
 def _task_path(task: str) -> str:
@@ -46,12 +46,11 @@ TaskPath = Annotated[str, AfterValidator(_task_path)]
 
 
 class Partitioning(Section):
-    """How the training split is divided among the clients."""
+    """How the training split is divided among the clients (fields of FedSettings)."""
 
-    partitioner: Literal["iid", "dirichlet", "pathological"] = Field(
-        "dirichlet", description="iid, dirichlet (label skew by alpha) or pathological (k labels per client).")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
-    classes_per_client: int = Field(2, ge=1, le=10, description="Labels per client (pathological).")
+    partitioner: Literal["iid", "dirichlet", "pathological"] = field_of(FedSettings, "partitioner")
+    alpha: float = field_of(FedSettings, "alpha")
+    classes_per_client: int = field_of(FedSettings, "classes_per_client")
 
     @property
     def label(self) -> str:
@@ -68,35 +67,34 @@ def _default_partitionings() -> list[Partitioning]:
             Partitioning(partitioner="pathological", classes_per_client=2)]
 
 
-_D = FedSettings()  # the run defaults live in FedSettings only
-
-
 class FedAvgConfig(ExperimentConfig):
-    """FedAvg with ``num_clients`` clients for ``rounds`` rounds on each partitioning."""
+    """FedAvg with ``num_clients`` clients for ``rounds`` rounds on each partitioning.
 
-    dataset: Literal["digits", "breast_cancer"] = Field(_D.dataset, description="scikit-learn dataset.")
-    num_clients: int = Field(_D.num_partitions, ge=1, le=100, description="Clients (SuperNodes), one partition each.")
-    rounds: int = Field(30, ge=1, le=10_000, description="FedAvg rounds per partitioning.")
+    The Flower run's fields are :class:`federated.settings.FedSettings`' own (default, bounds,
+    description; ``rounds`` is its ``num_server_rounds``, ``num_clients`` its
+    ``num_partitions``); :meth:`settings_for` builds the FedSettings each run's apps read.
+    """
+
+    dataset: Literal["digits", "breast_cancer"] = field_of(FedSettings, "dataset")
+    num_clients: int = field_of(FedSettings, "num_partitions")
+    rounds: int = field_of(FedSettings, "num_server_rounds")
     partitionings: list[Partitioning] = Field(default_factory=_default_partitionings, min_length=1, max_length=20,
                                               description="One federated run per entry.")
-    local_epochs: int = Field(_D.local_epochs, ge=1, le=1000, description="Local epochs per round.")
-    batch_size: int = Field(_D.batch_size, ge=1, le=100_000, description="Client mini-batch size.")
-    lr: float = Field(_D.lr, gt=0, description="Client SGD learning rate.")
-    hidden: int = Field(_D.hidden, ge=1, le=100_000, description="Hidden units of the MLP.")
-    fraction_evaluate: float = Field(0.0, ge=0, le=1,
-                                     description="Fraction of clients evaluating on their own data each round.")
-    min_replies: int = Field(_D.min_replies, ge=1, le=100, description="Fewest successful replies a round accepts.")
-    round_timeout: float = Field(_D.round_timeout, gt=0, le=86_400, description="Seconds the server waits for a round's replies.")
-    faults: str = Field(_D.faults, description="Injected client faults 'ROUND:CLIENT:MODE,...' (raise, exit, hang).")
+    local_epochs: int = field_of(FedSettings, "local_epochs")
+    batch_size: int = field_of(FedSettings, "batch_size")
+    lr: float = field_of(FedSettings, "lr")
+    hidden: int = field_of(FedSettings, "hidden")
+    fraction_evaluate: float = field_of(FedSettings, "fraction_evaluate")
+    min_replies: int = field_of(FedSettings, "min_replies")
+    round_timeout: float = field_of(FedSettings, "round_timeout")
+    faults: str = field_of(FedSettings, "faults")
     engine: Literal["simulation", "deployment"] = Field("simulation", description="Flower engine.")
     num_cpus: int = Field(2, ge=1, le=256, description="CPUs for the simulation engine's Ray.")
     centralized_reference: bool = Field(True, description="Train on the union of the data as a reference "
                                                    "(built-in task only).")
     target_accuracy: float = Field(0.95, gt=0, le=1, description="Accuracy for the rounds-to-target count.")
-    task: TaskPath = Field(_D.task, description="Import path of your task module (load_model, load_data, train, test, "
-                                           "load_centralized_dataset), e.g. 'mypkg.task'; '' = the built-in MLP.")
-    aggregation: Literal["plain", "secure"] = Field(
-        "plain", description="plain: the server sees every update; secure: only their sum (secure aggregation).")
+    task: TaskPath = field_of(FedSettings, "task")
+    aggregation: Literal["plain", "secure"] = field_of(FedSettings, "aggregation")
 
     @model_validator(mode="after")
     def _check_settings(self) -> FedAvgConfig:
@@ -120,7 +118,7 @@ class FedAvgConfig(ExperimentConfig):
     def settings_for(self, p: Partitioning | None, checkpoint_dir: str) -> FedSettings:
         """The Flower run settings of partitioning ``p`` (None: the user's task)."""
         p = p or Partitioning()
-        return FedSettings(
+        return FedSettings.create(
             num_server_rounds=self.rounds, num_partitions=self.num_clients, dataset=self.dataset,
             partitioner=p.partitioner, alpha=p.alpha, classes_per_client=p.classes_per_client,
             hidden=self.hidden, local_epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,

@@ -19,6 +19,8 @@ from pydantic import Field, model_validator
 
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 from experiments.federated import TaskPath
+from federated.secure_aggregation import SecAggParams
+from federated.settings import FedSettings, field_of
 from secure_agg.errors import SecAggError
 from secure_agg.quantize import Quantization
 from secure_agg.rounds import MASKED_INPUT, ROUNDS
@@ -156,49 +158,48 @@ class SecureFedAvgConfig(ExperimentConfig):
     Both runs go through the same round loop (:func:`federated.server_app.run_rounds`), so each
     checkpoints every round and `resume` continues an interrupted one. ``task`` names a user's
     task module (see :mod:`experiments.federated`) instead of the built-in MLP on digits.
+    The fields are those of the run's settings model (:class:`federated.settings.FedSettings`,
+    ``rounds`` its ``num_server_rounds`` and ``num_clients`` its ``num_partitions``) and of
+    secure aggregation's (:class:`federated.secure_aggregation.SecAggParams`): their defaults
+    and bounds live there.
     """
 
-    num_clients: int = Field(5, ge=2, le=100, description="Clients (SuperNodes).")
-    rounds: int = Field(10, ge=1, le=10_000, description="FedAvg rounds.")
-    partitioner: Literal["iid", "dirichlet", "pathological"] = Field("dirichlet", description="Data split.")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
-    hidden: int = Field(32, ge=1, le=100_000, description="Hidden units of the MLP.")
-    lr: float = Field(0.05, gt=0, description="Client SGD learning rate.")
-    clip: float = Field(8.0, gt=0, description="Quantization clipping range.")
-    bits: int = Field(32, ge=8, le=64, description="Sums live modulo 2**bits.")
-    threshold: float = Field(0.5, gt=0, le=1, description="t as a fraction of the sampled clients.")
-    neighbours: int = Field(0, ge=0, description="0: complete graph; k: SecAgg+ with k neighbours.")
+    num_clients: int = field_of(FedSettings, "num_partitions")
+    rounds: int = field_of(FedSettings, "num_server_rounds")
+    partitioner: Literal["iid", "dirichlet", "pathological"] = field_of(FedSettings, "partitioner")
+    alpha: float = field_of(FedSettings, "alpha")
+    hidden: int = field_of(FedSettings, "hidden")
+    lr: float = field_of(FedSettings, "lr")
+    clip: float = field_of(SecAggParams, "clip")
+    bits: int = field_of(SecAggParams, "bits")
+    threshold: float = field_of(SecAggParams, "threshold")
+    neighbours: int = field_of(SecAggParams, "neighbours")
     num_cpus: int = Field(2, ge=1, le=256, description="CPUs for Ray.")
-    round_timeout: float = Field(600.0, gt=0, le=86_400, description="Seconds to wait for the clients in each message round.")
-    task: TaskPath = Field("", description="Import path of your task module (load_model, load_data, train, test, "
-                                      "load_centralized_dataset), e.g. 'mypkg.task'; '' = the built-in MLP on digits.")
+    round_timeout: float = field_of(FedSettings, "round_timeout")
+    task: TaskPath = field_of(FedSettings, "task")
 
-    def settings(self, aggregation: str, checkpoint_dir: str) -> Any:
+    def settings(self, aggregation: str, checkpoint_dir: str) -> FedSettings:
         """The Flower run settings of the ``plain`` or the ``secure`` run."""
-        from federated.settings import FedSettings
-
-        return FedSettings(num_server_rounds=self.rounds, num_partitions=self.num_clients, dataset="digits",
-                           partitioner=self.partitioner, alpha=self.alpha, hidden=self.hidden, lr=self.lr,
-                           seed=self.seed, fraction_evaluate=0.0, round_timeout=self.round_timeout,
-                           min_replies=2, task=self.task, aggregation=aggregation,
-                           checkpoint_dir=checkpoint_dir, resume=True)
-
-    def secagg(self) -> dict[str, Any]:
-        """The ``secagg-*`` run-config keys of the secure run."""
-        return {"secagg-clip": self.clip, "secagg-bits": self.bits, "secagg-threshold": self.threshold,
-                "secagg-neighbours": self.neighbours, "secagg-seed": self.seed}
+        # The experiment's seed also seeds the server's side of secure aggregation (sampling,
+        # session ids); client secrets come from the clients' own OS in any case.
+        secagg = SecAggParams(clip=self.clip, bits=self.bits, threshold=self.threshold, neighbours=self.neighbours,
+                              seed=self.seed)
+        return FedSettings.create(num_server_rounds=self.rounds, num_partitions=self.num_clients, dataset="digits",
+                                  partitioner=self.partitioner, alpha=self.alpha, hidden=self.hidden, lr=self.lr,
+                                  seed=self.seed, round_timeout=self.round_timeout, min_replies=2, task=self.task,
+                                  aggregation=aggregation, checkpoint_dir=checkpoint_dir, resume=True, secagg=secagg)
 
     @model_validator(mode="after")
     def _graph_fits(self) -> SecureFedAvgConfig:
+        if self.num_clients < 2:
+            raise ValueError(f"num_clients must be >= 2 (secure aggregation sums at least two clients), "
+                             f"got {self.num_clients}")
         if self.task:
             builtin = sorted({"partitioner", "alpha", "hidden"} & self.model_fields_set)
             if builtin:
                 raise ValueError(f"{', '.join(builtin)} apply to the built-in task only; leave them out when "
                                  f"task={self.task!r} names your own module")
-        from federated.secure_aggregation import SecAggParams
-
         self.settings("secure", "")  # every run setting checked before any process starts
-        SecAggParams.from_run_config(self.secagg())
         if self.neighbours and (self.neighbours >= self.num_clients or self.neighbours * self.num_clients % 2):
             raise ValueError(f"neighbours = {self.neighbours} must be 0, or below num_clients ({self.num_clients}) "
                              "with neighbours * num_clients even (a k-regular graph)")
@@ -226,8 +227,7 @@ def run_fedavg(cfg: SecureFedAvgConfig, ctx: RunContext) -> dict[str, Any]:
 
         settings = cfg.settings(aggregation, str(ctx.path / "checkpoints" / f"fedavg-{aggregation}"))
         with task_importable(cfg.task):
-            result = simulate(settings, secagg=cfg.secagg() if aggregation == "secure" else None,
-                              num_cpus=cfg.num_cpus, on_round=report, log_file=ctx.dir.log_path)
+            result = simulate(settings, num_cpus=cfg.num_cpus, on_round=report, log_file=ctx.dir.log_path)
         for rec in result["history"]:
             if rec["timing"]:
                 ctx.log_timing(aggregation=aggregation, round=rec["round"], **rec["timing"])

@@ -8,7 +8,9 @@ starts one ``flower-superlink --insecure`` and N ``flower-supernode --insecure``
 127.0.0.1 (free ports; each SuperNode gets ``--node-config "partition-id=i num-partitions=N"``
 and its own ClientApp-IO port), submits the app with ``flwr run <project> <connection>
 --stream``, reads the per-round records from the ServerApp's checkpoint, and stops every
-process group it started in ``finally``, also when a step fails.
+process group it started in ``finally``, also when a step fails. The project submitted is
+written for the run (:func:`write_project`): the package's ServerApp and ClientApp, and the
+run's :class:`federated.settings.FedSettings` as its config.
 
 flwr 1.41 keeps SuperLink connections in ``$FLWR_HOME/config.toml``; this module gives each
 run its own ``FLWR_HOME`` (a temporary folder) holding one connection to its own SuperLink,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -40,7 +43,6 @@ from federated.checkpoint import load_server_checkpoint
 from federated.reaper import ProcessGuard
 from federated.settings import FedSettings
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONNECTION = "agora-deploy"
 
 
@@ -62,6 +64,49 @@ def _bin(name: str) -> str:
     if not found:
         raise DeploymentError(f"{name!r} not found next to {sys.executable} or on PATH (install flwr)")
     return found
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def write_project(folder: Path, run_config: dict[str, Any]) -> Path:
+    """A Flower project running this package's apps with ``run_config`` as its config.
+
+    ``flwr run`` accepts ``--run-config`` overrides only of keys its project declares; the
+    project written here declares the run's own keys (a FedSettings' ``to_run_config``), so
+    no hand-kept table of keys and defaults is involved.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    config = "\n".join(f"{k} = {_toml_value(v)}" for k, v in run_config.items())
+    (folder / "pyproject.toml").write_text(f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "agora-federated-run"
+version = "1.0.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "agora"
+
+[tool.flwr.app.components]
+serverapp = "federated.server_app:app"
+clientapp = "federated.client_app:app"
+
+[tool.flwr.app.config]
+{config}
+""")
+    (folder / "run_app.py").write_text('"""The components live in the installed agora package (federated.*)."""\n')
+    return folder
 
 
 def _run_config_args(config: dict[str, Any]) -> str:
@@ -207,8 +252,16 @@ class LocalFederation:
                 break
 
     def submit(self, run_config: dict[str, Any], timeout: float,
-               project: Path = PROJECT_DIR) -> subprocess.CompletedProcess:
-        """``flwr run <project> <connection> --stream`` with ``run_config`` overrides."""
+               project: Path | None = None) -> subprocess.CompletedProcess:
+        """``flwr run <project> <connection> --stream`` with ``run_config`` overrides.
+
+        Args:
+            run_config: The run's config (overrides of the project's keys).
+            timeout: Seconds before the run counts as failed.
+            project: A Flower project folder; default: one written by :func:`write_project`
+                with ``run_config`` as its config.
+        """
+        project = project or write_project(self.workdir / "project", run_config)
         argv = [_bin("flwr"), "run", str(project), CONNECTION, "--stream",
                 "--run-config", _run_config_args(run_config)]
         with (self.workdir / "flwr-run.log").open("wb") as log:
@@ -239,7 +292,6 @@ def deploy(settings: FedSettings, *, workdir: str | Path | None = None, timeout:
         DeploymentError: when the run stops before its last round (too few replies, a crashed
             process, the timeout); every process is stopped first and the checkpoint kept.
     """
-    settings.validate()
     tmp = None
     if workdir is None:
         tmp = tempfile.mkdtemp(prefix="agora-deploy-")
@@ -306,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole run")
     a = p.parse_args(argv)
     try:
-        settings = FedSettings(num_partitions=a.supernodes, num_server_rounds=a.rounds, dataset=a.dataset,
-                               partitioner=a.partitioner, alpha=a.alpha, min_replies=a.min_replies,
-                               faults=a.faults, round_timeout=a.round_timeout)
+        settings = FedSettings.create(num_partitions=a.supernodes, num_server_rounds=a.rounds, dataset=a.dataset,
+                                      partitioner=a.partitioner, alpha=a.alpha, min_replies=a.min_replies,
+                                      faults=a.faults, round_timeout=a.round_timeout)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
+from federated.arrays import from_numpy, to_numpy
 from federated.client_app import local_update
 from federated.server_app import evaluate_global
 from federated.settings import FedSettings
 from federated.strategy import fedavg
-from federated.task import get_weights, load_model, numpy_to_weights, set_weights, weights_to_numpy
+from federated.task import get_weights, load_model, set_weights
 
 
 def plain_fedavg(settings: FedSettings, *, evaluate: bool = True) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def plain_fedavg(settings: FedSettings, *, evaluate: bool = True) -> dict[str, A
         ``round_seconds``.
     """
     torch.set_num_threads(1)
-    weights = weights_to_numpy(get_weights(load_model(settings.dataset, settings.hidden, settings.seed)))
+    weights = to_numpy(get_weights(load_model(settings.dataset, settings.hidden, settings.seed)))
     history: list[dict[str, Any]] = []
     for server_round in range(1, settings.num_server_rounds + 1):
         t0 = time.perf_counter()
@@ -39,9 +40,9 @@ def plain_fedavg(settings: FedSettings, *, evaluate: bool = True) -> dict[str, A
                 continue
             c0 = time.perf_counter()
             model = load_model(settings.dataset, settings.hidden, settings.seed)
-            set_weights(model, numpy_to_weights(weights))
+            set_weights(model, from_numpy(weights))
             n, _ = local_update(settings, pid, server_round, model)
-            updates.append(weights_to_numpy(get_weights(model)))
+            updates.append(to_numpy(get_weights(model)))
             counts.append(n)
             seconds.append(time.perf_counter() - c0)
         if len(updates) < settings.min_replies:

@@ -60,14 +60,16 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from federated.arrays import from_numpy, to_numpy
 from secure_agg import Quantization, SecAggError, SecAggServer
 from secure_agg.wire import peek_signed
 
@@ -81,42 +83,33 @@ THIS = "payload"  # this session's protocol message
 NEXT = "next"  # the next session's, riding along
 
 
-@dataclass(frozen=True)
-class SecAggParams:
+SECAGG_PREFIX = "secagg-"  # run-config keys of secure aggregation's parameters
+
+
+class SecAggParams(BaseModel):
     """Parameters of secure aggregation inside a Flower round (run-config keys ``secagg-*``).
 
-    Attributes:
-        clip: Weighted parameters and metrics are clipped to [-clip, clip] before quantization.
-        bits: Sums live modulo 2**bits (1 to 64).
-        max_weight: Upper bound on any client's number of examples (w_k = n_k / max_weight).
-        threshold: Fraction of a client's share holders needed to unmask; raised to the
-            protocol's minimum (more than half, more than two thirds with ``active``), which
-            the clients enforce themselves.
-        neighbours: 0 pairs every client with every other; k > 0 uses SecAgg+ with k neighbours.
-        seed: The server's seed (session ids, SecAgg+ graphs, client sampling); -1 draws them
-            from the OS. It never reaches a client and never seeds a client secret.
-        active: Bonawitz et al.'s active-adversary mode (signatures and a consistency check).
+    Part of the run's one settings model (``FedSettings.secagg``); its defaults live here only.
     """
 
-    clip: float = 8.0
-    bits: int = 32
-    max_weight: int = 10_000
-    threshold: float = 0.5
-    neighbours: int = 0
-    seed: int = -1
-    active: bool = False
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    def __post_init__(self) -> None:
-        if not (self.clip > 0 and math.isfinite(self.clip)):
-            raise ValueError(f"secagg-clip must be a finite number > 0, got {self.clip}")
-        if not 1 <= self.bits <= 64:
-            raise ValueError(f"secagg-bits must be in [1, 64], got {self.bits}")
-        if self.max_weight < 1:
-            raise ValueError(f"secagg-max-weight must be >= 1, got {self.max_weight}")
-        if not 0 < self.threshold <= 1:
-            raise ValueError(f"secagg-threshold must be in (0, 1], got {self.threshold}")
-        if self.neighbours < 0:
-            raise ValueError(f"secagg-neighbours must be >= 0, got {self.neighbours}")
+    clip: float = Field(8.0, gt=0, allow_inf_nan=False,
+                        description="Weighted parameters and metrics are clipped to [-clip, clip] before quantization.")
+    bits: int = Field(32, ge=1, le=64, description="Sums live modulo 2**bits.")
+    max_weight: int = Field(10_000, ge=1, le=2**31,
+                            description="Upper bound on any client's number of examples (w_k = n_k / max_weight).")
+    threshold: float = Field(0.5, gt=0, le=1,
+                             description="Fraction of a client's share holders needed to unmask; raised to the "
+                                         "protocol's minimum (more than half, more than two thirds with active), "
+                                         "which the clients enforce themselves.")
+    neighbours: int = Field(0, ge=0, le=100_000,
+                            description="0 pairs every client with every other; k > 0: SecAgg+ with k neighbours.")
+    seed: int = Field(-1, ge=-1, le=2**32 - 1,
+                      description="The server's seed (session ids, SecAgg+ graphs, client sampling); -1 draws them "
+                                  "from the OS. It never reaches a client and never seeds a client secret.")
+    active: bool = Field(False, description="Bonawitz et al.'s active-adversary mode (signatures and a "
+                                            "consistency check).")
 
     def threshold_for(self, n: int) -> int:
         """t for ``n`` sampled clients: ``threshold`` of the share holders, at least the minimum
@@ -127,38 +120,49 @@ class SecAggParams:
 
     def to_run_config(self) -> dict[str, Any]:
         """Flat ``secagg-*`` run-config keys."""
-        return {"secagg-" + f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+        return {SECAGG_PREFIX + name.replace("_", "-"): getattr(self, name) for name in type(self).model_fields}
 
     @classmethod
     def from_run_config(cls, run_config: Any) -> SecAggParams:
         """Reads the ``secagg-*`` keys of a run config (other keys are ignored).
 
         Raises:
-            ValueError: An unknown ``secagg-*`` key or a value of the wrong type.
+            ValueError: one line naming an unknown ``secagg-*`` key or a bad value.
         """
-        known = {"secagg-" + f.name.replace("_", "-"): f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
+        known = {SECAGG_PREFIX + name.replace("_", "-"): name for name in cls.model_fields}
+        fields: dict[str, Any] = {}
         for key, value in dict(run_config).items():
-            if not key.startswith("secagg-"):
+            if not key.startswith(SECAGG_PREFIX):
                 continue
             if key not in known:
                 raise ValueError(f"unknown run-config key {key!r} (allowed: {', '.join(known)})")
-            kind = str(known[key].type)
-            if kind in ("bool", str(bool)):
-                if not isinstance(value, (bool, int)) or value not in (0, 1):
-                    raise ValueError(f"{key} must be true or false, got {value!r}")
-                kwargs[known[key].name] = bool(value)
-            else:
-                try:
-                    kwargs[known[key].name] = (float if kind in ("float", str(float)) else int)(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"{key} must be a number, got {value!r}") from None
-        return cls(**kwargs)
+            fields[known[key]] = value
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise ValueError(first_error(exc, SECAGG_PREFIX)) from None
+
+
+def first_error(exc: ValidationError, prefix: str | None = None) -> str:
+    """A pydantic validation error as one line: the first bad field, what is wrong, the value given.
+
+    Args:
+        exc: The error.
+        prefix: ``None`` names the field as in Python (``min_replies``); a string names it
+            as a run-config key, hyphenated after that prefix (``secagg-max-weight``).
+    """
+    err = exc.errors()[0]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not err["loc"]:
+        return msg  # a whole-model check: its message names the fields
+    name = ".".join(str(p) for p in err["loc"])
+    key = name if prefix is None else f"run-config key {prefix + name.replace('_', '-')!r}"
+    return f"{key}: {msg}, got {err.get('input')!r}"
 
 
 def split_run_config(run_config: Any) -> tuple[dict[str, Any], SecAggParams]:
     """Separates the ``secagg-*`` keys from the rest of a run config."""
-    rest = {k: v for k, v in dict(run_config).items() if not k.startswith("secagg-")}
+    rest = {k: v for k, v in dict(run_config).items() if not k.startswith(SECAGG_PREFIX)}
     return rest, SecAggParams.from_run_config(run_config)
 
 
@@ -473,7 +477,7 @@ class SecureAggregation(Strategy):
         self._mask_messages = {}
         if not planned:
             return []
-        self._like = {k: v.numpy() for k, v in arrays.items()}
+        self._like = to_numpy(arrays, copy=False)
         first = planned[0].content
         shared = all(m.content is first for m in planned)
         all_nodes = sorted(grid.get_node_ids())
@@ -603,7 +607,7 @@ class SecureAggregation(Strategy):
         self.last_round.total_examples = total_examples
         self.last_round.error_bound = quantizer.error_bound(count) * scale
         arrays = unflatten(average, self._like)
-        reply = Message(content=RecordDict({self.array_key: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+        reply = Message(content=RecordDict({self.array_key: from_numpy(arrays),
                                             "metrics": MetricRecord(metrics)}),
                         dst_node_id=0, message_type="train")
         arrays, aggregated = self.strategy.aggregate_train(server_round, [reply])

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated.secure_aggregation import split_run_config
+from federated.arrays import from_numpy, to_numpy
 from federated.secure_mod import make_secure_agg_mod, secure_agg_mod
 
 LocalTrain = Callable[[ArrayRecord, Context, int], tuple[dict[str, np.ndarray], int, float]]
@@ -39,11 +39,10 @@ def train_task_model(arrays: ArrayRecord | Mapping[str, np.ndarray], context: Co
     """
     from federated.client_app import local_update
     from federated.settings import FedSettings
-    from federated.task import get_weights, load_model, set_weights, weights_to_numpy
+    from federated.task import get_weights, load_model, set_weights
 
     torch.set_num_threads(1)  # one thread per client: the same update on every engine
-    rest, _ = split_run_config({**dict(context.run_config), **(overrides or {})})
-    settings = FedSettings.from_run_config(rest)
+    settings = FedSettings.from_run_config({**dict(context.run_config), **(overrides or {})})
     pid = int(context.node_config["partition-id"])
     model = load_model(settings.dataset, settings.hidden, settings.seed)
     if isinstance(arrays, ArrayRecord):
@@ -51,7 +50,7 @@ def train_task_model(arrays: ArrayRecord | Mapping[str, np.ndarray], context: Co
     else:
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, strict=True)
     n, loss = local_update(settings, pid, server_round, model)
-    return weights_to_numpy(get_weights(model)), n, loss
+    return to_numpy(get_weights(model)), n, loss
 
 
 def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train: LocalTrain | None = None, *,
@@ -85,7 +84,7 @@ def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train:
             weights, num_examples, loss = local_train(arrays, context, server_round)
         else:
             weights, num_examples, loss = train_task_model(arrays, context, server_round, overrides)
-        record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+        record = from_numpy(weights)
         metrics = MetricRecord({"train_loss": float(loss), "num-examples": int(num_examples)})
         return Message(content=RecordDict({"arrays": record, "metrics": metrics}), reply_to=msg)
 

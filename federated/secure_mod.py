@@ -29,6 +29,10 @@ kept in the node's state, so even a seeded node never repeats a secret.
 
 Between messages the protocol state (key material only) lives in ``context.state``, so it
 survives in both the simulation and the deployment engine.
+
+The masking itself is a :class:`envs.Masker`: by default this node's session
+(:class:`SessionMasker`); an app whose clients are :class:`envs.Agent` objects hands the mod
+its agent's Masker (``make_secure_agg_mod(masker=...)``, as :mod:`federated.client_app` does).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 
+from federated.arrays import to_numpy
 from federated.secure_aggregation import (
     CHECK,
     MASK,
@@ -62,8 +67,11 @@ SEED_KEY = "secagg-seed"  # node-config key of a reproducible (test) seed
 IDENTITY_KEY = "secagg-identity-key"  # node-config key: path of this node's signing key (active mode)
 TRUSTED_KEYS = "secagg-trusted-keys"  # node-config key: path of the trusted public keys (active mode)
 
+REQUEST = "request"  # the server's masking request, kept with the session until it is answered
+
 ClientAppCallable = Callable[[Message, Context], Message]
 Identity = Callable[[Context], tuple[Any, Any]]
+MaskerOf = Callable[[Context], Any]
 
 
 class _HandlerFailed(Exception):
@@ -146,8 +154,41 @@ def _load(context: Context, key: str = STATE_KEY) -> SecAggClient:
     return SecAggClient.from_bytes(context.state[key]["client"])
 
 
-def _save(context: Context, client: SecAggClient, key: str = STATE_KEY) -> None:
-    context.state[key] = ConfigRecord({"client": client.to_bytes()})
+def _save(context: Context, client: SecAggClient, key: str = STATE_KEY, request: bytes | None = None) -> None:
+    record = ConfigRecord({"client": client.to_bytes()})
+    if request is not None:
+        record[REQUEST] = request
+    context.state[key] = record
+
+
+class SessionMasker:
+    """Masker: this node's open secure-aggregation session masks a vector for the server.
+
+    The session (its keys and the shares it holds) and the server's pending masking request
+    live in ``context.state``, put there by the mod. :meth:`mask` adds the session's self mask
+    and pair masks to the quantized vector and returns what leaves the node: the masked
+    vector in the session's signed reply (bytes).
+
+    Args:
+        context: This node's Flower context.
+    """
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def mask(self, vector: np.ndarray) -> bytes:
+        """The masked ``vector`` (words modulo 2**bits) as the signed reply to the pending request.
+
+        Raises:
+            SecAggError: no session is open, no request is pending, or the protocol refuses it.
+        """
+        if STATE_KEY not in self.context.state or REQUEST not in self.context.state[STATE_KEY]:
+            raise SecAggError("no masking request is pending on this node")
+        request = self.context.state[STATE_KEY][REQUEST]
+        client = _load(self.context)
+        masked = client.masked_input(bytes(request), vector)
+        _save(self.context, client)  # the request is answered: it is not kept
+        return masked
 
 
 def _forget(context: Context, *keys: str) -> None:
@@ -167,7 +208,7 @@ _CLIENT_KWARGS = set(inspect.signature(SecAggClient.__init__).parameters)
 
 
 def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | None = None,
-                        allow_semi_honest: bool | None = None) -> Callable[..., Message]:
+                        allow_semi_honest: bool | None = None, masker: MaskerOf | None = None) -> Callable[..., Message]:
     """A client mod running secure aggregation (see the module docstring).
 
     Args:
@@ -179,7 +220,10 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
         allow_semi_honest: Whether a node that has an identity also joins semi-honest
             sessions. Default: no, so a server cannot downgrade it; a node without an
             identity joins semi-honest sessions only.
+        masker: ``f(context) -> Masker`` that masks this node's update (an agent's Masker);
+            default: :class:`SessionMasker` of the node's open session.
     """
+    masker_of = masker or SessionMasker
 
     def node_seed(context: Context) -> str | None:
         own = seed if seed is not None else context.node_config.get(SEED_KEY)
@@ -206,7 +250,7 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
         return SecAggClient(pid, **kwargs)
 
     def train_and_mask(msg: Message, context: Context, call_next: ClientAppCallable, record: ConfigRecord,
-                       client: SecAggClient) -> Message | bytes:
+                       bits: int) -> Message | bytes:
         # The user's handler sees a plain train message: the strategy's records only.
         like_key = record.get("array-key", "arrays")
         msg.content = RecordDict({k: v for k, v in msg.content.items() if k != PAYLOAD})
@@ -229,10 +273,10 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
             raise SecAggError(f"the train handler's reply needs an integer metric {weight_key!r}, got {n!r}")
         metric_names = tuple(m for m in _field(record, "metrics", str).split(",") if m)
         vector = client_vector({k: arrays[k] for k in names}, int(n), metrics, metric_names,
-                               clip=float(_field(record, "clip", float)), bits=client.bits,
+                               clip=float(_field(record, "clip", float)), bits=bits,
                                max_weight=_field(record, "max-weight", int),
                                num_clients=_field(record, "clients", int))
-        return client.masked_input(_field(record, THIS, bytes), vector)
+        return masker_of(context).mask(vector)
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type.split(".")[0] != "train" or not msg.has_content() \
@@ -259,10 +303,11 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
                 return _reply(msg, out)
             if step == MASK:
                 client = _load(context)
-                masked = train_and_mask(msg, context, call_next, record, client)
+                # The request waits with the session for the node's Masker to answer it.
+                _save(context, client, request=_field(record, THIS, bytes))
+                masked = train_and_mask(msg, context, call_next, record, client.bits)
                 if isinstance(masked, Message):
                     return masked  # the user's handler replied with an error
-                _save(context, client)
                 nxt = None
                 if isinstance(record.get(NEXT), bytes):
                     try:
@@ -304,7 +349,7 @@ def _reply_arrays(reply: Message, key: str) -> dict[str, np.ndarray]:
     record = records.get(key) if key in records else (next(iter(records.values())) if len(records) == 1 else None)
     if record is None:
         raise SecAggError(f"the train handler's reply has {len(records)} ArrayRecords and none named {key!r}")
-    return {k: v.numpy() for k, v in record.items()}
+    return to_numpy(record, copy=False)
 
 
 def _reply_metrics(reply: Message) -> dict[str, Any]:

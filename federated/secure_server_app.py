@@ -17,25 +17,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from federated.arrays import from_numpy as _to_arrays
+from federated.arrays import to_numpy as _to_numpy
 from federated.secure_fedavg import SecAggParams, SecureFedAvg, exchange, split_run_config
 from federated.server_app import make_server_app as _one_loop_app
 
 Evaluate = Callable[[dict[str, np.ndarray]], tuple[float, float]]
 RoundCallback = Callable[[dict[str, Any]], None]
-
-
-def _to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
-
-
-def _to_arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
-    from flwr.app import Array
-
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
 
 
 def compare_secure_to_plain(grid: Grid, initial: dict[str, np.ndarray], num_rounds: int, params: SecAggParams,
@@ -128,11 +120,11 @@ def make_comparison_server_app(overrides: dict[str, Any] | None = None,
     def main(grid: Grid, context: Context) -> None:
         from federated.server_app import evaluate_global
         from federated.settings import FedSettings
-        from federated.task import get_weights, load_model, weights_to_numpy
+        from federated.task import get_weights, load_model
 
         rest, params = split_run_config({**dict(context.run_config), **(overrides or {})})
         settings = FedSettings.from_run_config(rest)
-        start = initial if initial is not None else weights_to_numpy(
+        start = initial if initial is not None else _to_numpy(
             get_weights(load_model(settings.dataset, settings.hidden, settings.seed)))
         history: list[dict[str, Any]] = []
 

@@ -25,18 +25,17 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from federated.arrays import from_numpy, to_numpy
 from federated.checkpoint import load_server_checkpoint, save_server_checkpoint
-from federated.settings import FedSettings, split_settings
+from federated.settings import FedSettings
 from federated.strategy import RobustFedAvg, TooFewReplies
 from federated.task import (
     UserTask,
     get_weights,
     load_model,
     load_test_data,
-    numpy_to_weights,
     set_weights,
     test,
-    weights_to_numpy,
 )
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -82,7 +81,7 @@ def new_global_model(settings: FedSettings) -> Any:
 
 def initial_weights(settings: FedSettings) -> dict[str, np.ndarray]:
     """The initial global model as ``{name: array}``, fixed by ``settings.seed``."""
-    return weights_to_numpy(get_weights(new_global_model(settings)))
+    return to_numpy(get_weights(new_global_model(settings)))
 
 
 def evaluate_global(settings: FedSettings, weights: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -91,18 +90,17 @@ def evaluate_global(settings: FedSettings, weights: dict[str, Any]) -> tuple[flo
     A user's task module without ``load_centralized_dataset`` has none: (None, None).
     """
     model = new_global_model(settings)
-    set_weights(model, numpy_to_weights(weights))
+    set_weights(model, from_numpy(weights))
     if settings.task:
         return UserTask(settings.task, settings.seed).central_evaluate(model) or (None, None)
     return test(model, load_test_data(settings.dataset))
 
 
-def make_strategy(settings: FedSettings, secagg: dict[str, Any] | None = None) -> Strategy:
+def make_strategy(settings: FedSettings) -> Strategy:
     """The aggregation ``settings.aggregation`` names.
 
     Args:
-        settings: The run.
-        secagg: The run config's ``secagg-*`` keys (secure aggregation's parameters).
+        settings: The run (``settings.secagg`` holds secure aggregation's parameters).
 
     Returns:
         ``plain``: :class:`RobustFedAvg` (replies in partition order, the reply minimum).
@@ -118,10 +116,10 @@ def make_strategy(settings: FedSettings, secagg: dict[str, Any] | None = None) -
         return RobustFedAvg(min_replies=settings.min_replies, min_train_nodes=settings.min_replies, **common)
     from flwr.serverapp.strategy import FedAvg
 
-    from federated.secure_aggregation import SecAggParams, SecureAggregation
+    from federated.secure_aggregation import SecureAggregation
 
     return SecureAggregation(FedAvg(min_train_nodes=max(2, settings.min_replies), **common),
-                             SecAggParams.from_run_config(secagg or {}), timeout=settings.round_timeout,
+                             settings.secagg, timeout=settings.round_timeout,
                              num_rounds=settings.num_server_rounds)
 
 
@@ -165,15 +163,14 @@ def _fmt(value: float | None) -> str:
 
 
 def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None = None, *,
-               strategy: Strategy | None = None, secagg: dict[str, Any] | None = None) -> dict[str, Any]:
+               strategy: Strategy | None = None) -> dict[str, Any]:
     """Runs FedAvg for ``settings.num_server_rounds`` rounds on ``grid``, plain or secure.
 
     Args:
         grid: Flower's Grid (simulation or deployment engine).
         settings: The run's settings.
         on_round: Called with each round's record as it completes.
-        strategy: The aggregation; default :func:`make_strategy` ``(settings, secagg)``.
-        secagg: The ``secagg-*`` run-config keys (for the default secure strategy).
+        strategy: The aggregation; default :func:`make_strategy` ``(settings)``.
 
     Returns:
         ``{"weights": final {name: array}, "history": [record per round, round 0 first]}``.
@@ -188,7 +185,7 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
             too many clients to unmask raises the secure strategy's error, with the same
             effect.
     """
-    strategy = strategy if strategy is not None else make_strategy(settings, secagg)
+    strategy = strategy if strategy is not None else make_strategy(settings)
     state = load_server_checkpoint(settings.checkpoint_dir) if settings.checkpoint_dir and settings.resume else None
     if state is not None:
         weights, history, start = state["weights"], list(state["history"]), state["round"] + 1
@@ -209,7 +206,7 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
         # nodes left are enough while they can meet min_replies (a dead one is not awaited).
         wait_for_nodes(grid, settings.num_partitions if server_round == start else settings.min_replies,
                        settings.round_timeout)
-        messages = list(strategy.configure_train(server_round, numpy_to_weights(weights), ConfigRecord(), grid))
+        messages = list(strategy.configure_train(server_round, from_numpy(weights), ConfigRecord(), grid))
         replies = _exchange(grid, messages, settings.round_timeout)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         tally = _tally(len(messages), replies, strategy)
@@ -218,7 +215,7 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
                 f"round {server_round}: {tally['replies']} of {len(messages)} clients replied successfully, "
                 f"fewer than min_replies={settings.min_replies}; stopping (the checkpoint of round "
                 f"{server_round - 1} is kept)")
-        weights = weights_to_numpy(new_arrays)
+        weights = to_numpy(new_arrays)
         eval_acc = None
         if settings.fraction_evaluate > 0:
             eval_msgs = strategy.configure_evaluate(server_round, new_arrays, ConfigRecord(), grid)
@@ -252,7 +249,7 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
 
 def make_server_app(overrides: dict[str, Any] | None = None, sink: list[Any] | None = None,
                     on_round: RoundCallback | None = None,
-                    strategy: Callable[[FedSettings, dict[str, Any]], Strategy] | None = None) -> ServerApp:
+                    strategy: Callable[[FedSettings], Strategy] | None = None) -> ServerApp:
     """A ServerApp whose settings are ``Context.run_config`` updated with ``overrides``.
 
     Args:
@@ -261,15 +258,16 @@ def make_server_app(overrides: dict[str, Any] | None = None, sink: list[Any] | N
         sink: If given, the result of :func:`run_rounds` is appended to it (same process), or
             the exception that stopped it (then also raised).
         on_round: Called with each round's record.
-        strategy: ``f(settings, secagg_keys) -> Strategy`` replacing :func:`make_strategy`.
+        strategy: ``f(settings) -> Strategy`` replacing :func:`make_strategy`.
     """
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings, secagg = split_settings({**dict(context.run_config), **(overrides or {})})
+        # The run config is read once, into the run's one settings model.
+        settings = FedSettings.from_run_config({**dict(context.run_config), **(overrides or {})})
         try:
-            chosen = (strategy or make_strategy)(settings, secagg)
+            chosen = (strategy or make_strategy)(settings)
             result: Any = run_rounds(grid, settings, on_round, strategy=chosen)
         except Exception as exc:
             # The simulation engine may wrap it in its own RuntimeError; the sink keeps the cause.

@@ -1,22 +1,27 @@
-"""The run configuration the ServerApp and ClientApp read, with its defaults (the only copy).
+"""The one settings model of a federated run: every field, its default and its bounds, once.
 
 Flower hands the apps a flat ``run_config`` of scalars (``Context.run_config``): from
-``[tool.flwr.app.config]`` in ``pyproject.toml`` when started with ``flwr run .``, merged with
-``--run-config`` overrides, or from the experiment kind through :func:`FedSettings.to_run_config`.
-``tests/federated/test_settings.py`` checks that pyproject's table equals these defaults.
+``[tool.flwr.app.config]`` in a project's ``pyproject.toml`` with ``flwr run``, merged with
+``--run-config`` overrides, or from an experiment kind through :meth:`FedSettings.to_run_config`.
+The ServerApp and the ClientApp read it once, with :meth:`FedSettings.from_run_config`, into
+:class:`FedSettings`; secure aggregation's ``secagg-*`` keys go into its nested
+:class:`federated.secure_aggregation.SecAggParams`. The experiment kinds
+(``experiments/federated.py``, ``experiments/secagg.py``) take their fields from these models
+with :func:`field_of` instead of declaring their own defaults.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
-from typing import Any
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from federated.task import DATASETS, PARTITIONERS, check_partition_args, load_task_module
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from federated.secure_aggregation import SECAGG_PREFIX, SecAggParams, first_error
+from federated.task import check_partition_args, load_task_module
 
 FAULT_MODES = ("raise", "exit", "hang")
-AGGREGATIONS = ("plain", "secure")
-SECAGG_PREFIX = "secagg-"  # run-config keys of secure aggregation's own parameters
 
 
 @dataclass(frozen=True)
@@ -28,93 +33,63 @@ class Fault:
     mode: str
 
 
-@dataclass(frozen=True)
-class FedSettings:
-    """Everything a federated run needs, as flat run-config keys (``_`` becomes ``-``).
+class FedSettings(BaseModel):
+    """Everything a federated run needs; run-config keys are the field names with ``-`` for ``_``.
 
-    Attributes:
-        num_server_rounds: FedAvg rounds.
-        num_partitions: Clients; each SuperNode's ``partition-id`` is below this.
-        dataset: ``digits`` or ``breast_cancer``.
-        partitioner: ``iid``, ``dirichlet`` or ``pathological``.
-        alpha: Dirichlet concentration (``dirichlet`` only).
-        classes_per_client: Labels per client (``pathological`` only).
-        hidden: Hidden units of the MLP.
-        local_epochs: Local passes over each client's data per round.
-        batch_size: Client mini-batch size.
-        lr: Client SGD learning rate.
-        seed: Seed of the partition, the initial model and every client's batch order.
-        fraction_train: Fraction of connected nodes sampled for training each round.
-        fraction_evaluate: Fraction of nodes asked to evaluate the global model on their own
-            data each round (0 skips federated evaluation).
-        min_replies: Fewest successful training replies a round accepts; below it the run
-            stops with the last checkpoint intact.
-        round_timeout: Seconds the server waits for replies in one round.
-        checkpoint_dir: Folder for the per-round server checkpoint ('' = none).
-        resume: Continue from the checkpoint in ``checkpoint_dir`` if there is one.
-        faults: Injected faults, ``"ROUND:PARTITION:MODE,..."`` with MODE one of
-            ``raise`` (the ClientApp raises), ``exit`` (its process exits), ``hang``
-            (it sleeps past ``round_timeout``). '' = none.
-        aggregation: ``plain`` (the server sees each update) or ``secure`` (it sees only the
-            sum, through secure aggregation; its parameters are the ``secagg-*`` keys).
-        task: Import path of a user's task module with ``load_model``, ``load_data``,
-            ``train`` and ``test`` (see :data:`federated.task.TASK_FUNCTIONS`); '' trains
-            the built-in MLP on ``dataset``, and ``dataset``, ``partitioner``, ``alpha``,
-            ``classes_per_client`` and ``hidden`` apply to it only.
+    Frozen and validated on construction: a FedSettings that exists is a run that can start.
+    Use :meth:`replace` for a changed copy.
     """
 
-    num_server_rounds: int = 3
-    num_partitions: int = 10
-    dataset: str = "digits"
-    partitioner: str = "dirichlet"
-    alpha: float = 0.5
-    classes_per_client: int = 2
-    hidden: int = 64
-    local_epochs: int = 5
-    batch_size: int = 16
-    lr: float = 0.05
-    seed: int = 0
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    min_replies: int = 1
-    round_timeout: float = 120.0
-    checkpoint_dir: str = ""
-    resume: bool = False
-    faults: str = ""
-    aggregation: str = "plain"
-    task: str = ""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    def __post_init__(self) -> None:
-        self.validate()
+    num_server_rounds: int = Field(3, ge=1, le=10_000, description="FedAvg rounds.")
+    num_partitions: int = Field(10, ge=1, le=1000,
+                                description="Clients; each SuperNode's partition-id is below this.")
+    dataset: Literal["digits", "breast_cancer"] = Field("digits", description="scikit-learn dataset (built-in task).")
+    partitioner: Literal["iid", "dirichlet", "pathological"] = Field(
+        "dirichlet", description="iid, dirichlet (label skew by alpha) or pathological (k labels per client).")
+    alpha: float = Field(0.5, gt=0, allow_inf_nan=False, description="Dirichlet concentration; smaller is more skewed.")
+    classes_per_client: int = Field(2, ge=1, le=10, description="Labels per client (pathological only).")
+    hidden: int = Field(64, ge=1, le=100_000, description="Hidden units of the built-in MLP.")
+    local_epochs: int = Field(5, ge=1, le=1000, description="Local passes over each client's data per round.")
+    batch_size: int = Field(16, ge=1, le=100_000, description="Client mini-batch size.")
+    lr: float = Field(0.05, gt=0, allow_inf_nan=False, description="Client SGD learning rate.")
+    seed: int = Field(0, ge=0, le=2**32 - 1,
+                      description="Seed of the partition, the initial model and every client's batch order.")
+    fraction_train: float = Field(1.0, gt=0, le=1, description="Fraction of nodes sampled for training each round.")
+    fraction_evaluate: float = Field(0.0, ge=0, le=1,
+                                     description="Fraction of nodes evaluating the global model on their own data "
+                                                 "each round (0 skips federated evaluation; the server's held-out "
+                                                 "test split is evaluated every round regardless).")
+    min_replies: int = Field(1, ge=1, le=1000, description="Fewest successful training replies a round accepts; "
+                                                           "below it the run stops with the last checkpoint intact.")
+    round_timeout: float = Field(120.0, gt=0, le=86_400, allow_inf_nan=False,
+                                 description="Seconds the server waits for replies in one round.")
+    checkpoint_dir: str = Field("", description="Folder for the per-round server checkpoint ('' = none).")
+    resume: bool = Field(False, description="Continue from the checkpoint in checkpoint_dir if there is one.")
+    faults: str = Field("", description="Injected client faults 'ROUND:PARTITION:MODE,...' with MODE raise (the "
+                                        "ClientApp raises), exit (its process exits) or hang (it sleeps past "
+                                        "round_timeout); '' = none.")
+    aggregation: Literal["plain", "secure"] = Field(
+        "plain", description="plain: the server sees each update; secure: only their sum (secure aggregation, "
+                             "parameters in secagg).")
+    task: str = Field("", description="Import path of a user's task module (load_model, load_data, train, test); "
+                                      "'' trains the built-in MLP on dataset.")
+    secagg: SecAggParams = Field(default_factory=SecAggParams,
+                                 description="Secure aggregation's parameters (run-config keys secagg-*).")
 
-    def validate(self) -> None:
-        """Raises ValueError naming the first bad field and its allowed values."""
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        if self.partitioner not in PARTITIONERS:
-            raise ValueError(f"partitioner must be one of {', '.join(PARTITIONERS)}, got {self.partitioner!r}")
-        for name in ("num_server_rounds", "num_partitions", "hidden", "local_epochs", "batch_size", "min_replies"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 < self.fraction_train <= 1:
-            raise ValueError(f"fraction_train must be in (0, 1], got {self.fraction_train}")
-        if not 0 <= self.fraction_evaluate <= 1:
-            raise ValueError(f"fraction_evaluate must be in [0, 1], got {self.fraction_evaluate}")
-        if not self.round_timeout > 0:
-            raise ValueError(f"round_timeout must be > 0, got {self.round_timeout}")
+    @model_validator(mode="after")
+    def _check_run(self) -> FedSettings:
         if self.min_replies > self.num_partitions:
             raise ValueError(f"min_replies must be <= num_partitions ({self.num_partitions}), got {self.min_replies}")
         check_partition_args(self.dataset, self.num_partitions, self.partitioner, self.alpha,
                              self.classes_per_client)
         self.fault_list()
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.aggregation == "secure" and self.num_partitions < 2:
             raise ValueError(f"num_partitions must be >= 2 for secure aggregation, got {self.num_partitions}")
         if self.task:
             load_task_module(self.task)
+        return self
 
     def fault_list(self) -> list[Fault]:
         """The parsed ``faults`` string."""
@@ -137,47 +112,54 @@ class FedSettings:
         return None
 
     def to_run_config(self) -> dict[str, Any]:
-        """The flat Flower run config (hyphenated keys, scalar values)."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+        """The flat Flower run config: hyphenated keys, scalar values, ``secagg-*`` included."""
+        out = {name.replace("_", "-"): getattr(self, name) for name in type(self).model_fields if name != "secagg"}
+        return {**out, **self.secagg.to_run_config()}
 
     @classmethod
     def from_run_config(cls, run_config: Any) -> FedSettings:
-        """Reads a Flower ``Context.run_config``; missing keys take the defaults above.
+        """Reads a Flower ``Context.run_config`` (or any flat mapping); missing keys take the defaults.
 
         Raises:
-            ValueError: for an unknown key or a bad value.
+            ValueError: one line naming the first unknown key or bad value and what is allowed.
         """
-        known = {f.name.replace("_", "-"): f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in dict(run_config).items():
+        config = dict(run_config)
+        known = {name.replace("_", "-"): name for name in cls.model_fields if name != "secagg"}
+        fields: dict[str, Any] = {}
+        for key, value in config.items():
+            if key.startswith(SECAGG_PREFIX):
+                continue
             if key not in known:
-                raise ValueError(f"unknown run-config key {key!r} (allowed: {', '.join(known)})")
-            f = known[key]
-            kwargs[f.name] = _coerce(f, value)
-        return cls(**kwargs)
+                raise ValueError(f"unknown run-config key {key!r} (allowed: {', '.join(known)}, and secagg-*)")
+            fields[known[key]] = value
+        secagg = SecAggParams.from_run_config(config)
+        try:
+            return cls(secagg=secagg, **fields)
+        except ValidationError as exc:
+            raise ValueError(first_error(exc, "")) from None
+
+    @classmethod
+    def create(cls, **fields: Any) -> FedSettings:
+        """``FedSettings(**fields)`` whose validation error is one line naming the field.
+
+        Raises:
+            ValueError: the first bad field, its value and what is allowed.
+        """
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise ValueError(first_error(exc)) from None
 
     def replace(self, **changes: Any) -> FedSettings:
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied, validated again."""
+        current = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self).create(**{**current, **changes})
 
 
-def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    # Flower's TOML and `--run-config` parsing gives ints where floats are meant (alpha=1).
-    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"run-config key {f.name.replace('_', '-')!r} must be {kind.__name__}, got {value!r}")
-    return value
+def field_of(model: type[BaseModel], name: str) -> Any:
+    """``model``'s field ``name`` (default, bounds, description) for use in another model.
 
-
-def split_settings(run_config: Any) -> tuple[FedSettings, dict[str, Any]]:
-    """The FedSettings of a run config, and its secure-aggregation (``secagg-*``) keys apart.
-
-    Raises:
-        ValueError: for an unknown key or a bad value (the ``secagg-*`` keys are checked by
-            whoever reads them).
+    An experiment config declares ``lr: float = field_of(FedSettings, "lr")`` rather than
+    repeating the default and the bounds, so the two can never disagree.
     """
-    config = dict(run_config)
-    secagg = {k: v for k, v in config.items() if k.startswith(SECAGG_PREFIX)}
-    return FedSettings.from_run_config({k: v for k, v in config.items() if k not in secagg}), secagg
+    return copy.deepcopy(model.model_fields[name])

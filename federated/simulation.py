@@ -22,7 +22,7 @@ from federated.server_app import RoundCallback, make_server_app
 from federated.settings import FedSettings
 
 
-def simulate(settings: FedSettings, *, secagg: dict[str, Any] | None = None, num_cpus: int = 2,
+def simulate(settings: FedSettings, *, num_cpus: int = 2,
              on_round: RoundCallback | None = None, verbose: bool = False,
              log_file: str | Path | None = None) -> dict[str, Any]:
     """Runs ``settings`` on the simulation engine and returns ``run_rounds``' result.
@@ -32,7 +32,6 @@ def simulate(settings: FedSettings, *, secagg: dict[str, Any] | None = None, num
 
     Args:
         settings: The run (``num_partitions`` virtual SuperNodes are started).
-        secagg: Secure aggregation's ``secagg-*`` run-config keys (secure runs only).
         num_cpus: CPUs Ray may use; each ClientApp actor takes one.
         on_round: Called in this process with each completed round's record.
         verbose: Keep Flower's INFO log on the console.
@@ -43,7 +42,7 @@ def simulate(settings: FedSettings, *, secagg: dict[str, Any] | None = None, num
     """
     from federated.client_app import make_client_app
 
-    overrides = {**settings.to_run_config(), **(secagg or {})}
+    overrides = settings.to_run_config()  # secure aggregation's secagg-* keys included
     sink: list[Any] = []
     return run_apps(make_server_app(overrides, sink=sink, on_round=on_round), make_client_app(overrides),
                     settings.num_partitions, sink, num_cpus=num_cpus, verbose=verbose, log_file=log_file)

@@ -8,7 +8,7 @@ secure-aggregation apps share one definition of the model and the data::
                        alpha=0.5, seed=0, shuffle_seed=7)
     loss = train(model, loader, epochs=1, lr=0.05)
     test_loss, test_acc = test(model, load_test_data("digits"))
-    arrays = get_weights(model)            # an flwr ArrayRecord
+    arrays = get_weights(model)            # an flwr ArrayRecord (federated.arrays: to/from numpy)
     set_weights(model, arrays)
 
 The data never leaves the package: ``load_digits`` and ``load_breast_cancer`` ship inside
@@ -304,6 +304,63 @@ def test(model: nn.Module, loader: DataLoader, device: str = "cpu") -> tuple[flo
     return loss / max(n, 1), correct / max(n, 1)
 
 
+# The task as an agent's capabilities ------------------------------------------------------
+#
+# A Flower client is an ``envs.Agent`` holding a DataSource (its partition) and a Learner (its
+# local training); see :func:`federated.client_app.client_agent`. The built-in task's are
+# these two; a user's task module gets the same two kinds from :class:`UserTask`.
+
+
+class PartitionData:
+    """DataSource: one client's partition of the built-in dataset (it never leaves the client).
+
+    Args:
+        dataset, num_partitions, partitioner, alpha, classes_per_client: As in
+            :func:`partition_indices`.
+        partition_id: Which client, in ``[0, num_partitions)``.
+        batch_size: Mini-batch size.
+        seed: Seed of the partition (the split among clients, not the batch order).
+    """
+
+    def __init__(self, dataset: str, partition_id: int, num_partitions: int, partitioner: str = "iid",
+                 alpha: float = 0.5, classes_per_client: int = 2, *, batch_size: int = 32, seed: int = 0) -> None:
+        if not 0 <= partition_id < num_partitions:
+            raise ValueError(f"partition_id must be in [0, {num_partitions}), got {partition_id}")
+        self.dataset, self.partition_id, self.num_partitions = dataset, partition_id, num_partitions
+        self.partitioner, self.alpha, self.classes_per_client = partitioner, float(alpha), classes_per_client
+        self.batch_size, self.seed = batch_size, seed
+
+    def indices(self) -> np.ndarray:
+        """This partition's rows of the training split."""
+        return partition_indices(self.dataset, self.num_partitions, self.partitioner, self.alpha,
+                                 self.classes_per_client, self.seed)[self.partition_id]
+
+    def num_examples(self) -> int:
+        return int(len(self.indices()))
+
+    def batches(self, seed: int) -> DataLoader:
+        """A loader whose first pass is in the order fixed by ``seed``; passing over it again
+        continues the same generator (epoch 2, 3, ... of one local training)."""
+        return load_data(self.dataset, self.partition_id, self.num_partitions, self.partitioner, self.alpha,
+                         self.classes_per_client, batch_size=self.batch_size, seed=self.seed, shuffle_seed=seed)
+
+
+class SGDLearner:
+    """Learner: ``epochs`` passes of SGD (momentum 0.9) over the data source, as :func:`train`.
+
+    Args:
+        epochs: Local passes over the data per call.
+        lr: Learning rate.
+    """
+
+    def __init__(self, epochs: int, lr: float) -> None:
+        self.epochs, self.lr = epochs, lr
+
+    def fit(self, model: nn.Module, data: Any, seed: int) -> dict[str, float]:
+        """Trains ``model`` in place on ``data``'s batches ordered by ``seed``; returns ``train_loss``."""
+        return {"train_loss": train(model, data.batches(seed), self.epochs, self.lr)}
+
+
 def get_weights(model: nn.Module) -> Any:
     """The model's state dict as an ``flwr.app.ArrayRecord`` (copied to CPU)."""
     from flwr.app import ArrayRecord
@@ -314,18 +371,6 @@ def get_weights(model: nn.Module) -> Any:
 def set_weights(model: nn.Module, arrays: Any) -> None:
     """Loads an ``ArrayRecord`` (as made by :func:`get_weights`) into ``model``."""
     model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
-
-
-def weights_to_numpy(arrays: Any) -> dict[str, np.ndarray]:
-    """An ``ArrayRecord`` as a plain dict of numpy arrays (picklable, comparable)."""
-    return {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
-
-
-def numpy_to_weights(weights: dict[str, np.ndarray]) -> Any:
-    """The inverse of :func:`weights_to_numpy`."""
-    from flwr.app import Array, ArrayRecord
-
-    return ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()})
 
 
 # A user's task module ----------------------------------------------------------------------
@@ -386,6 +431,43 @@ def task_module_root(path: str) -> str:
     return str(origin.parents[levels])
 
 
+class UserTaskData:
+    """DataSource: one client's training loader from a user's task module (``load_data``).
+
+    The module's loader may shuffle with torch's global generator; the learner that uses it
+    (:class:`UserTaskLearner`) seeds that generator before asking for the batches.
+    """
+
+    def __init__(self, module: Any, partition_id: int, num_partitions: int) -> None:
+        self.module, self.partition_id, self.num_partitions = module, partition_id, num_partitions
+        self._loader: Any = None
+
+    def batches(self, seed: int) -> Any:
+        """The module's training loader for this partition (``seed`` is already in torch's generator)."""
+        self._loader = self.module.load_data(self.partition_id, self.num_partitions)[0]
+        return self._loader
+
+    def num_examples(self) -> int:
+        if self._loader is None:
+            with torch.random.fork_rng(devices=[]):
+                self._loader = self.module.load_data(self.partition_id, self.num_partitions)[0]
+        return len(self._loader.dataset)
+
+
+class UserTaskLearner:
+    """Learner: the user's ``train(model, trainloader, epochs, lr, device)`` under the framework's seed."""
+
+    def __init__(self, module: Any, epochs: int, lr: float) -> None:
+        self.module, self.epochs, self.lr = module, epochs, lr
+
+    def fit(self, model: nn.Module, data: Any, seed: int) -> dict[str, float]:
+        """Seeds torch's global generator with ``seed``, then trains ``model`` in place; returns ``train_loss``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            loss = self.module.train(model, data.batches(seed), self.epochs, self.lr, "cpu")
+        return {"train_loss": float(loss)}
+
+
 class UserTask:
     """A user's task module driven with the framework's seeds.
 
@@ -406,14 +488,13 @@ class UserTask:
             torch.manual_seed(self.seed)
             return self.module.load_model()
 
-    def fit(self, model: nn.Module, partition_id: int, num_partitions: int, server_round: int,
-            epochs: int, lr: float) -> tuple[int, float]:
-        """One client's local training in place; returns (training examples, mean loss)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, server_round, partition_id))
-            trainloader, _ = self.module.load_data(partition_id, num_partitions)
-            loss = self.module.train(model, trainloader, epochs, lr, "cpu")
-        return len(trainloader.dataset), float(loss)
+    def data(self, partition_id: int, num_partitions: int) -> UserTaskData:
+        """The DataSource of client ``partition_id``."""
+        return UserTaskData(self.module, partition_id, num_partitions)
+
+    def learner(self, epochs: int, lr: float) -> UserTaskLearner:
+        """The module's local training as a Learner."""
+        return UserTaskLearner(self.module, epochs, lr)
 
     def evaluate(self, model: nn.Module, partition_id: int, num_partitions: int) -> tuple[int, float, float]:
         """One client's evaluation on its own test loader: (examples, loss, accuracy)."""

@@ -32,7 +32,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = SecureAggregation(
         FedAvg(fraction_train=float(config["fraction-train"]),
                fraction_evaluate=float(config["fraction-evaluate"])),
-        SecAggParams(threshold=float(config["secagg-threshold"])),
+        SecAggParams.from_run_config(config),  # every secagg-* key, read into secure aggregation's one model
     )
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(load_model().state_dict()),
                             train_config=ConfigRecord({"lr": float(config["lr"])}),

@@ -28,7 +28,7 @@ def _processes_in(folder: Path) -> list[str]:
     return out
 
 
-def test_three_supernodes_one_dies_the_round_completes(tmp_path: Path) -> None:
+def test_three_supernodes_one_dies_the_round_completes(tmp_path: Path, torch_reference) -> None:
     # Client 2's ClientApp process exits in round 1; 2 of 3 replies are enough.
     settings = FedSettings(num_partitions=3, num_server_rounds=1, partitioner="dirichlet", alpha=1.0,
                            fraction_evaluate=0.0, min_replies=2, faults="1:2:exit", round_timeout=300.0)
@@ -43,6 +43,9 @@ def test_three_supernodes_one_dies_the_round_completes(tmp_path: Path) -> None:
     # The same clients in a plain loop (client 2 dropped): the same model, bit for bit.
     reference = plain_fedavg(settings, evaluate=False)
     for key, value in reference["weights"].items():
+        assert np.array_equal(result["weights"][key], value), key
+    # The Agent clients on the deployment engine give plain torch's model, bit for bit.
+    for key, value in torch_reference(settings, dropped={1: {2}}).items():
         assert np.array_equal(result["weights"][key], value), key
 
 

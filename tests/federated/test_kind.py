@@ -34,7 +34,7 @@ def test_cli_exits_2_on_bad_input_and_writes_nothing(tmp_path: Path) -> None:
     assert "num_clients" in res.stderr and not out.exists()
     res = subprocess.run([sys.executable, "-m", "federated.deploy", "--partitioner", "dirichlet", "--alpha", "0"],
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "alpha must be > 0" in res.stderr
+    assert res.returncode == 2 and "alpha: Input should be greater than 0" in res.stderr
 
 
 @pytest.mark.slow

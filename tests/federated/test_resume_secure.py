@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 
 from federated.checkpoint import load_server_checkpoint, save_server_checkpoint
+from federated.secure_aggregation import SecAggParams
 from federated.settings import FedSettings
 from federated.simulation import simulate
-
-SECAGG = {"secagg-threshold": 0.6}  # t = 2 of 3 clients
 
 
 def _base(folder: Path) -> FedSettings:
     return FedSettings(aggregation="secure", num_partitions=3, num_server_rounds=3, fraction_evaluate=0.0,
                        hidden=8, local_epochs=1, min_replies=2, checkpoint_dir=str(folder), resume=True,
-                       round_timeout=300.0)  # generous: Ray's workers start slowly on a loaded machine
+                       round_timeout=300.0,  # generous: Ray's workers start slowly on a loaded machine
+                       secagg=SecAggParams(threshold=0.6))  # t = 2 of 3 clients
 
 
 @pytest.mark.slow
@@ -31,18 +31,18 @@ def test_secure_run_stopped_in_round_3_and_resumed_equals_the_uninterrupted_run(
     base = _base(tmp_path / "interrupted")
     # Round 3: two of three clients fail, fewer than t survive: the round stops the run.
     with pytest.raises(Exception, match="round 3|threshold|survivors|dropped"):
-        simulate(base.replace(faults="3:0:raise,3:1:raise"), secagg=SECAGG)
+        simulate(base.replace(faults="3:0:raise,3:1:raise"))
     state = load_server_checkpoint(base.checkpoint_dir)
     assert state is not None and state["round"] == 2
     assert [h["round"] for h in state["history"]] == [0, 1, 2]
     assert [h["survivors"] for h in state["history"][1:]] == [3, 3]
 
-    resumed = simulate(base, secagg=SECAGG)
+    resumed = simulate(base)
     assert [h["round"] for h in resumed["history"]] == [0, 1, 2, 3]
     assert resumed["history"][:3] == state["history"]  # rounds 1-2 come from the checkpoint
     assert resumed["history"][3]["pipelined"] is False  # a resumed run opens a fresh session
 
-    whole = simulate(_base(tmp_path / "whole"), secagg=SECAGG)
+    whole = simulate(_base(tmp_path / "whole"))
     assert [h["pipelined"] for h in whole["history"][1:]] == [False, True, True]
     assert list(whole["weights"]) == list(resumed["weights"])
     for key, value in whole["weights"].items():
@@ -59,9 +59,10 @@ def test_a_secure_deployment_resumes_from_the_checkpoint(tmp_path: Path) -> None
     import psutil
     from flwr.app import Array, ArrayRecord
 
+    from federated.arrays import to_numpy
     from federated.client_app import local_update
     from federated.secure_deploy import deploy_secure
-    from federated.task import get_weights, load_model, set_weights, weights_to_numpy
+    from federated.task import get_weights, load_model, set_weights
 
     overrides = {"num-partitions": 2, "fraction-evaluate": 0.0, "hidden": 8, "local-epochs": 1,
                  "checkpoint-dir": str(tmp_path / "checkpoint"), "resume": True, "round-timeout": 300.0}
@@ -83,7 +84,7 @@ def test_a_secure_deployment_resumes_from_the_checkpoint(tmp_path: Path) -> None
         model = load_model(settings.dataset, settings.hidden, settings.seed)
         set_weights(model, ArrayRecord({k: Array(v) for k, v in first["weights"].items()}))
         counts.append(local_update(settings, pid, 2, model)[0])
-        updates.append(weights_to_numpy(get_weights(model)))
+        updates.append(to_numpy(get_weights(model)))
     largest = max(float(np.max(np.abs(w))) for w in resumed["weights"].values())
     for key, value in resumed["weights"].items():
         plain = sum(c * u[key].astype(np.float64) for u, c in zip(updates, counts, strict=True)) / sum(counts)
@@ -97,66 +98,24 @@ def _cwd_under(proc, folder: Path) -> bool:
         return False
 
 
-class LocalGrid:
-    """A Grid whose nodes run the project's ClientApp in this process, one message at a time."""
-
-    def __init__(self, num_nodes: int, overrides: dict) -> None:
-        from flwr.app import RecordDict
-
-        from federated.client_app import make_client_app
-
-        self.app = make_client_app(overrides)
-        self.nodes = [100 + 11 * i for i in range(num_nodes)]
-        self.states = {node: RecordDict() for node in self.nodes}
-        self.ready: dict[str, object] = {}
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
-
-    def push_messages(self, messages) -> list[str]:
-        import uuid
-
-        from flwr.app import Context, Error, Message
-
-        ids = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            node = msg.metadata.dst_node_id
-            context = Context(run_id=1, node_id=node, state=self.states[node], run_config={},
-                              node_config={"partition-id": self.nodes.index(node), "num-partitions": len(self.nodes)})
-            try:
-                reply = self.app(msg, context)
-            except Exception as exc:  # what the engines send back for a ClientApp that raised
-                reply = Message(Error(code=1, reason=str(exc)), reply_to=msg)
-            reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            self.ready[msg.metadata.message_id] = reply
-            ids.append(msg.metadata.message_id)
-        return ids
-
-    def pull_messages(self, message_ids) -> list:
-        return [self.ready.pop(m) for m in list(message_ids) if m in self.ready]
-
-
-def test_resume_restores_the_wrapped_strategys_own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_restores_the_wrapped_strategys_own_state(tmp_path: Path, flower_identity: None,
+                                                         local_grid: type) -> None:
     # SecureAggregation(FedAdam): FedAdam's moments are server state; a resumed run must take
     # the same optimizer steps as an uninterrupted one. In-process nodes, the real round loop.
     from flwr.serverapp.strategy import FedAdam
-    from flwr.supercore.task_identity import TaskIdentity
 
-    from federated import SecAggParams, SecureAggregation
+    from federated import SecureAggregation
     from federated.server_app import run_rounds
     from federated.strategy import TooFewReplies
     from secure_agg import SecAggError
 
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
     base = FedSettings(aggregation="secure", num_partitions=3, num_server_rounds=3, fraction_evaluate=0.0,
                        hidden=4, local_epochs=1, min_replies=2, resume=True, round_timeout=120.0)
 
     def run(settings: FedSettings) -> dict:
         adam = FedAdam(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3, eta=0.01)
         strategy = SecureAggregation(adam, SecAggParams(seed=5), timeout=120.0, num_rounds=settings.num_server_rounds)
-        return run_rounds(LocalGrid(3, settings.to_run_config()), settings, strategy=strategy)
+        return run_rounds(local_grid(3, settings.to_run_config()), settings, strategy=strategy)
 
     whole = run(base.replace(checkpoint_dir=str(tmp_path / "whole")))
     stopped = base.replace(checkpoint_dir=str(tmp_path / "stopped"))

@@ -22,10 +22,11 @@ def _cwd_under(proc: psutil.Process, folder: Path) -> bool:
 def test_deployment_round_equals_in_process_fedavg(tmp_path) -> None:
     from flwr.app import Array, ArrayRecord
 
+    from federated.arrays import to_numpy
     from federated.client_app import local_update
     from federated.server_app import evaluate_global
     from federated.settings import FedSettings
-    from federated.task import get_weights, load_model, set_weights, weights_to_numpy
+    from federated.task import get_weights, load_model, set_weights
 
     overrides = {"num-server-rounds": 2, "num-partitions": 2, "fraction-evaluate": 0.0, "hidden": 8,
                  "secagg-seed": 1}
@@ -42,14 +43,14 @@ def test_deployment_round_equals_in_process_fedavg(tmp_path) -> None:
 
     # Reference: the same local updates averaged in the clear, in this process, round by round.
     settings = FedSettings.from_run_config({k: v for k, v in overrides.items() if not k.startswith("secagg-")})
-    weights = weights_to_numpy(get_weights(load_model(settings.dataset, settings.hidden, settings.seed)))
+    weights = to_numpy(get_weights(load_model(settings.dataset, settings.hidden, settings.seed)))
     for record in history:
         updates, counts = [], []
         for pid in range(2):
             model = load_model(settings.dataset, settings.hidden, settings.seed)
             set_weights(model, ArrayRecord({k: Array(v) for k, v in weights.items()}))
             n, _ = local_update(settings, pid, record["round"], model)
-            updates.append(weights_to_numpy(get_weights(model)))
+            updates.append(to_numpy(get_weights(model)))
             counts.append(n)
         weights = {k: (sum(c * u[k].astype(np.float64) for u, c in zip(updates, counts, strict=True))
                        / sum(counts)).astype(np.float32) for k in updates[0]}

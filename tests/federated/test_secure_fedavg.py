@@ -50,8 +50,10 @@ def test_params_validation_and_run_config_split() -> None:
     rest, params = split_run_config({"num-server-rounds": 2, "secagg-clip": 4, "secagg-neighbours": 4})
     assert rest == {"num-server-rounds": 2} and params.clip == 4.0 and params.neighbours == 4
     assert params.threshold_for(10) == 3  # ceil(0.5 * 5 holders)
-    with pytest.raises(ValueError, match="secagg-threshold"):
+    with pytest.raises(ValueError, match="threshold"):
         SecAggParams(threshold=0)
+    with pytest.raises(ValueError, match="run-config key 'secagg-threshold': Input should be greater than 0"):
+        SecAggParams.from_run_config({"secagg-threshold": 0.0})
     with pytest.raises(ValueError, match="unknown run-config key 'secagg-foo'"):
         split_run_config({"secagg-foo": 1})
     with pytest.raises(SecAggError, match="max-weight"):
@@ -60,7 +62,7 @@ def test_params_validation_and_run_config_split() -> None:
     assert SecAggParams(threshold=0.1).threshold_for(10) == 6
     assert SecAggParams(threshold=0.1, active=True).threshold_for(9) == 7
     assert SecAggParams.from_run_config({"secagg-active": True}).active is True
-    with pytest.raises(ValueError, match="secagg-active must be true or false"):
+    with pytest.raises(ValueError, match="run-config key 'secagg-active': Input should be a valid boolean"):
         SecAggParams.from_run_config({"secagg-active": "yes"})
 
 
