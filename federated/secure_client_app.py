@@ -25,7 +25,7 @@ LocalTrain = Callable[[ArrayRecord, Context, int], tuple[dict[str, np.ndarray], 
 
 def train_task_model(arrays: ArrayRecord | Mapping[str, np.ndarray], context: Context, server_round: int,
                      overrides: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], int, float]:
-    """The default local training: federated.task's MLP on this node's partition.
+    """The default local training: this node's Agent (:func:`federated.client_app.client_agent`).
 
     Args:
         arrays: The global model, as an ArrayRecord or as numpy arrays by state-dict name
@@ -37,20 +37,20 @@ def train_task_model(arrays: ArrayRecord | Mapping[str, np.ndarray], context: Co
     Returns:
         The trained weights, the number of local examples, and the mean training loss.
     """
-    from federated.client_app import local_update
+    from envs.api import DataSource, Learner
+    from federated.client_app import client_agent, new_model
     from federated.settings import FedSettings
-    from federated.task import get_weights, load_model, set_weights
+    from federated.task import derive_seed, get_weights, set_weights
 
     torch.set_num_threads(1)  # one thread per client: the same update on every engine
     settings = FedSettings.from_run_config({**dict(context.run_config), **(overrides or {})})
-    pid = int(context.node_config["partition-id"])
-    model = load_model(settings.dataset, settings.hidden, settings.seed)
-    if isinstance(arrays, ArrayRecord):
-        set_weights(model, arrays)
-    else:
-        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, strict=True)
-    n, loss = local_update(settings, pid, server_round, model)
-    return to_numpy(get_weights(model)), n, loss
+    agent = client_agent(context, settings)
+    model = new_model(settings)
+    set_weights(model, arrays if isinstance(arrays, ArrayRecord) else from_numpy(arrays))
+    data = agent.get(DataSource)
+    seed = derive_seed(settings.seed, server_round, int(context.node_config["partition-id"]))
+    metrics = agent.get(Learner).fit(model, data, seed)
+    return to_numpy(get_weights(model)), data.num_examples(), float(metrics["train_loss"])
 
 
 def make_secure_client_app(overrides: dict[str, Any] | None = None, local_train: LocalTrain | None = None, *,
