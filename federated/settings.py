@@ -5,7 +5,8 @@ Flower hands the apps a flat ``run_config`` of scalars (``Context.run_config``):
 ``--run-config`` overrides, or from an experiment kind through :meth:`FedSettings.to_run_config`.
 The ServerApp and the ClientApp read it once, with :meth:`FedSettings.from_run_config`, into
 :class:`FedSettings`; secure aggregation's ``secagg-*`` keys go into its nested
-:class:`federated.secure_aggregation.SecAggParams`. The experiment kinds
+:class:`federated.secure_aggregation.SecAggParams`. Reading and writing a run config belongs
+to :class:`RunConfigModel`, which another Flower app's settings model can derive from too. The experiment kinds
 (``experiments/federated.py``, ``experiments/secagg.py``) take their fields from these models
 with :func:`field_of` instead of declaring their own defaults.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -33,14 +34,75 @@ class Fault:
     mode: str
 
 
-class FedSettings(BaseModel):
+class RunConfigModel(BaseModel):
+    """A settings model that Flower apps read from a flat run config.
+
+    Each field's run-config key is its name with ``-`` for ``_``; a nested
+    :class:`~federated.secure_aggregation.SecAggParams` field named ``secagg`` takes the
+    ``secagg-*`` keys. Subclasses declare fields (default, bounds, description) and checks;
+    reading, writing and one-line errors are here once.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @classmethod
+    def _keys(cls) -> dict[str, str]:
+        return {name.replace("_", "-"): name for name in cls.model_fields if name != "secagg"}
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The flat Flower run config: hyphenated keys, scalar values, ``secagg-*`` included."""
+        out = {key: getattr(self, name) for key, name in self._keys().items()}
+        secagg = getattr(self, "secagg", None)
+        return {**out, **(secagg.to_run_config() if secagg is not None else {})}
+
+    @classmethod
+    def from_run_config(cls, run_config: Any) -> Self:
+        """Reads a Flower ``Context.run_config`` (or any flat mapping); missing keys take the defaults.
+
+        Raises:
+            ValueError: one line naming the first unknown key or bad value and what is allowed.
+        """
+        config = dict(run_config)
+        known, nested = cls._keys(), "secagg" in cls.model_fields
+        fields: dict[str, Any] = {}
+        for key, value in config.items():
+            if nested and key.startswith(SECAGG_PREFIX):
+                continue
+            if key not in known:
+                more = ", and secagg-*" if nested else ""
+                raise ValueError(f"unknown run-config key {key!r} (allowed: {', '.join(known)}{more})")
+            fields[known[key]] = value
+        if nested:
+            fields["secagg"] = SecAggParams.from_run_config(config)
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise ValueError(first_error(exc, "")) from None
+
+    @classmethod
+    def create(cls, **fields: Any) -> Self:
+        """``cls(**fields)`` whose validation error is one line naming the field.
+
+        Raises:
+            ValueError: the first bad field, its value and what is allowed.
+        """
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise ValueError(first_error(exc)) from None
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied, validated again."""
+        current = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self).create(**{**current, **changes})
+
+
+class FedSettings(RunConfigModel):
     """Everything a federated run needs; run-config keys are the field names with ``-`` for ``_``.
 
     Frozen and validated on construction: a FedSettings that exists is a run that can start.
     Use :meth:`replace` for a changed copy.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     num_server_rounds: int = Field(3, ge=1, le=10_000, description="FedAvg rounds.")
     num_partitions: int = Field(10, ge=1, le=1000,
@@ -110,50 +172,6 @@ class FedSettings(BaseModel):
             if f.round == server_round and f.partition == partition_id:
                 return f.mode
         return None
-
-    def to_run_config(self) -> dict[str, Any]:
-        """The flat Flower run config: hyphenated keys, scalar values, ``secagg-*`` included."""
-        out = {name.replace("_", "-"): getattr(self, name) for name in type(self).model_fields if name != "secagg"}
-        return {**out, **self.secagg.to_run_config()}
-
-    @classmethod
-    def from_run_config(cls, run_config: Any) -> FedSettings:
-        """Reads a Flower ``Context.run_config`` (or any flat mapping); missing keys take the defaults.
-
-        Raises:
-            ValueError: one line naming the first unknown key or bad value and what is allowed.
-        """
-        config = dict(run_config)
-        known = {name.replace("_", "-"): name for name in cls.model_fields if name != "secagg"}
-        fields: dict[str, Any] = {}
-        for key, value in config.items():
-            if key.startswith(SECAGG_PREFIX):
-                continue
-            if key not in known:
-                raise ValueError(f"unknown run-config key {key!r} (allowed: {', '.join(known)}, and secagg-*)")
-            fields[known[key]] = value
-        secagg = SecAggParams.from_run_config(config)
-        try:
-            return cls(secagg=secagg, **fields)
-        except ValidationError as exc:
-            raise ValueError(first_error(exc, "")) from None
-
-    @classmethod
-    def create(cls, **fields: Any) -> FedSettings:
-        """``FedSettings(**fields)`` whose validation error is one line naming the field.
-
-        Raises:
-            ValueError: the first bad field, its value and what is allowed.
-        """
-        try:
-            return cls(**fields)
-        except ValidationError as exc:
-            raise ValueError(first_error(exc)) from None
-
-    def replace(self, **changes: Any) -> FedSettings:
-        """A copy with ``changes`` applied, validated again."""
-        current = {name: getattr(self, name) for name in type(self).model_fields}
-        return type(self).create(**{**current, **changes})
 
 
 def field_of(model: type[BaseModel], name: str) -> Any:
