@@ -10,8 +10,8 @@ environment steps per second and its wall time. ``ratio`` is ours / reference wh
 positive, reference / ours when both are negative (above 1: MAPPO better), else null.
 
 Then, for the non-batched pursuit and knights_archers_zombies, the same training with the
-copies stepped in ``workers`` processes against all in one process: training env-steps/s
-end to end, ours (workers) / reference (one process), with the cores this machine has, the
+copies stepped in ``env_workers`` processes against all in one process: training env-steps/s
+end to end, ours (env_workers) / reference (one process), with the cores this machine has, the
 CPU seconds of the main process and of the workers, and the load average (other processes on
 a shared machine take cores from both sides). ``--only pursuit_throughput
 knights_archers_zombies_throughput`` runs just this comparison.
@@ -41,13 +41,13 @@ CASES: list[tuple[str, str, dict[str, Any], str, int, int, int, dict[str, Any]]]
     ("simple_speaker_listener", "mpe/simple_speaker_listener-v4", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
     ("simple_tag", "mpe/simple_tag-v3", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
     ("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}, "parallel", 10_000, 2_000, 16,
-     {"num_envs": 16, "rollout_steps": 50, "workers": 2}),
+     {"num_envs": 16, "rollout_steps": 50, "env_workers": 2}),
     ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200}, "parallel", 30_000, 4_000, 16,
-     {"num_envs": 16, "rollout_steps": 50, "workers": 2, "lr": 1e-3}),
+     {"num_envs": 16, "rollout_steps": 50, "env_workers": 2, "lr": 1e-3}),
     ("multiwalker", "sisl/multiwalker-v9", {"max_cycles": 200}, "parallel", 30_000, 4_000, 16,
-     {"num_envs": 16, "rollout_steps": 50, "workers": 2, "lr": 1e-3, "gamma": 0.99}),
+     {"num_envs": 16, "rollout_steps": 50, "env_workers": 2, "lr": 1e-3, "gamma": 0.99}),
     ("cooperative_pong", "butterfly/cooperative_pong-v6", {"max_cycles": 200, "render_ratio": 4}, "parallel", 5_000, 1_000, 8,
-     {"num_envs": 8, "rollout_steps": 32, "workers": 2, "num_minibatches": 2, "lr": 5e-4}),
+     {"num_envs": 8, "rollout_steps": 32, "env_workers": 2, "num_minibatches": 2, "lr": 5e-4}),
 ]
 
 
@@ -80,7 +80,7 @@ def train_case(cfg: MAPPOConfig, episodes: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {"env_steps": steps, "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 1),
                            "main_cpu_s": round(time.process_time() - cpu0, 2), "worker_cpu_s": round(_children_cpu() - kids0, 2)}
     if episodes:
-        eval_env = make_batched_env(cfg.model_copy(update={"workers": 0}), episodes, EVAL_SEED)
+        eval_env = make_batched_env(cfg.model_copy(update={"env_workers": 0}), episodes, EVAL_SEED)
         teams = team_indices(cfg, eval_env)
         out["teams"] = teams
         out["greedy"] = evaluate(trainer.greedy_policy, eval_env, EVAL_SEED, teams)
@@ -108,7 +108,7 @@ def main() -> None:
                  ours=round(ours, 3), reference=round(ref, 3), ratio=ratio(ours, ref), reference_name="random policy",
                  margin=round(ours - ref, 3), ours_std=round(res["greedy"][f"return_std{sfx}"], 3),
                  reference_std=round(res["random"][f"return_std{sfx}"], 3), budget_steps=res["env_steps"],
-                 env_kwargs=kwargs, num_envs=cfg.num_envs, workers=cfg.workers, env_steps_per_s=res["steps_per_s"],
+                 env_kwargs=kwargs, num_envs=cfg.num_envs, env_workers=cfg.env_workers, env_steps_per_s=res["steps_per_s"],
                  wall_s=res["wall_s"], eval_episodes=4 if args.quick else episodes, cores=cores, load_average=load)
     # Throughput of non-batched envs: copies in worker processes vs all in this process.
     for name, env_id, kwargs in (("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}),
@@ -118,14 +118,14 @@ def main() -> None:
             continue
         steps = 1_600 if args.quick else 4_000
         rates = {}
-        for workers in (0, 2):
+        for env_workers in (0, 2):
             cfg = MAPPOConfig(env=env_id, env_kwargs=kwargs, backend="parallel", total_steps=steps, num_envs=16,
-                              rollout_steps=50, num_minibatches=4, workers=workers)
-            rates[workers] = train_case(cfg, None)
+                              rollout_steps=50, num_minibatches=4, env_workers=env_workers)
+            rates[env_workers] = train_case(cfg, None)
         ours, ref = rates[2]["steps_per_s"], rates[0]["steps_per_s"]
         line(bench="marl_envs", case=f"{name} training throughput", unit="env-steps/s", ours=ours, reference=ref,
              ratio=round(ours / ref, 4), reference_name="same training, copies stepped in one process",
-             workers=2, cores=cores, budget_steps=rates[2]["env_steps"], wall_s=rates[2]["wall_s"],
+             env_workers=2, cores=cores, budget_steps=rates[2]["env_steps"], wall_s=rates[2]["wall_s"],
              reference_wall_s=rates[0]["wall_s"], main_cpu_s=rates[2]["main_cpu_s"], worker_cpu_s=rates[2]["worker_cpu_s"],
              reference_cpu_s=rates[0]["main_cpu_s"], load_average=round(os.getloadavg()[0], 2))
 

@@ -53,6 +53,9 @@ class VecSimpleSpread:
         device: Torch device of every tensor. Default "cpu".
         dtype: Floating dtype of the simulation. Default torch.float32.
         seed: Seed of the batch's generator for the first reset. Default None.
+        shard: ``(start, total)``: these are environments ``start..start+num_envs-1`` of a batch
+            of ``total`` (a data-parallel learner's shard); resets draw for the whole batch and
+            keep these rows, so the shards start where the whole batch would. Default None.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class VecSimpleSpread:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if not isinstance(N, int) or N < 1:
             raise ValueError(f"N must be a positive integer, got {N!r}")
@@ -75,6 +79,10 @@ class VecSimpleSpread:
             raise ValueError(f"max_cycles must be a positive integer, got {max_cycles!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        start, total = shard if shard is not None else (0, num_envs)
+        if not 0 <= start <= total - num_envs:
+            raise ValueError(f"shard (start, total) = {shard!r} must hold start..start+num_envs-1 = {start}..{start + num_envs - 1} in 0..total-1")
+        self._shard = (start, total)
         self.num_envs = num_envs
         self.num_agents = N
         self.local_ratio = float(local_ratio)
@@ -138,8 +146,9 @@ class VecSimpleSpread:
     def _reset_where(self, mask: torch.Tensor) -> None:
         # Draw for every environment and keep the draws of the masked ones: one generator call
         # per reset keeps the random stream independent of which environments finished.
-        shape = (self.num_envs, 2 * self.num_agents, 2)
-        draw = torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype) * 2 - 1
+        start, total = self._shard
+        shape = (total, 2 * self.num_agents, 2)
+        draw = torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)[start:start + self.num_envs] * 2 - 1
         m = mask.view(-1, 1, 1)
         self.agent_pos = torch.where(m, draw[:, : self.num_agents], self.agent_pos)
         self.landmark_pos = torch.where(m, draw[:, self.num_agents :], self.landmark_pos)

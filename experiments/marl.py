@@ -6,6 +6,11 @@
 * ``ctde_compare``: MAPPO and IPPO, each over ``seeds``, with the random, no-op and scripted
   baselines measured on the same evaluator; the figure shows mean and spread over seeds.
 
+``train.workers: N`` trains on N data-parallel learner processes (:mod:`marl.distributed`): each
+steps its shard of the environments and the gradients are summed over the ring all-reduce, so
+the updates are one process's; rank 0 evaluates and saves the policy. Such a job is
+checkpointed when it finishes (a resumed run starts an unfinished one over).
+
 Both checkpoint every ``checkpoint_every`` updates (the trainer's whole state, the curves so
 far), so ``python -m experiments resume DIR`` writes exactly the lines an uninterrupted run
 would. Each checkpoint also writes the policy so far to ``checkpoints/policy/``, and a finished
@@ -89,6 +94,12 @@ def _check(cfg: EvalSettings) -> None:
             make_vec(cfg.train.env, num_envs=1, device="cpu", **cfg.train.env_kwargs)
         except (TypeError, ValueError) as exc:
             raise UserError(f"config key 'train.env_kwargs': the batched {cfg.train.env} refuses them: {exc}") from None
+        if cfg.train.workers > 1:
+            try:
+                make_vec(cfg.train.env, num_envs=1, device="cpu", shard=(0, 2), **cfg.train.env_kwargs)
+            except TypeError:
+                raise UserError(f"config key 'train.workers' = {cfg.train.workers}: the batched {cfg.train.env} cannot be "
+                                "split over learners; use train.backend=parallel or train.workers=1") from None
     if cfg.log.tensorboard:
         try:
             import tensorboard  # noqa: F401  (SummaryWriter needs the real package)
@@ -162,6 +173,11 @@ def _run_jobs(cfg: EvalSettings, ctx: RunContext, jobs: list[tuple[str, int, MAP
         key = f"{name}/seed{seed}"
         if key in curves and (state["current"] is None or state["current"]["key"] != key):
             continue
+        if train_cfg.workers > 1:
+            curves[key] = _run_learners(cfg, ctx, key, seed, train_cfg, _policy_dir(key, single))
+            state["current"] = None
+            ctx.save_checkpoint(state)
+            continue
         trainer = MAPPO(train_cfg, seed)
         if state["current"] is not None and state["current"]["key"] == key:
             trainer.load_state_dict(state["current"]["trainer"])
@@ -200,6 +216,23 @@ def _run_jobs(cfg: EvalSettings, ctx: RunContext, jobs: list[tuple[str, int, MAP
         state["current"] = None
         ctx.save_checkpoint(state)
     return state
+
+
+def _run_learners(cfg: EvalSettings, ctx: RunContext, key: str, seed: int, train_cfg: MAPPOConfig,
+                  policy_dir: str) -> list[dict[str, Any]]:
+    """One job on ``train.workers`` data-parallel learner processes; logs what rank 0 returns."""
+    from marl.distributed import LearnerJob, run_local
+
+    ctx.info(f"{key}: {train_cfg.workers} data-parallel learners on shards of {train_cfg.num_envs} environments")
+    job = LearnerJob(config=train_cfg.model_dump(), seed=seed, eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes,
+                     eval_seed=cfg.eval_seed, policy_dir=str(ctx.path / policy_dir))
+    out = run_local(job)[0]
+    evals = {e["update"]: e for e in out["evals"]}
+    for m in out["metrics"]:
+        ctx.log(run=key, **m)
+        if m["update"] in evals:
+            ctx.log(run=key, eval=True, **evals[m["update"]])
+    return out["evals"]
 
 
 def _plot(ctx: RunContext, groups: dict[str, list[list[dict[str, Any]]]], base: dict[str, dict[str, Any]],

@@ -16,6 +16,13 @@ the clipped PPO objective over minibatches.
 
 Training runs on a batched environment (``envs.make_vec``) or on B copies of any registered
 ParallelEnv (:class:`marl.parallel_batch.ParallelBatch`); both have the same interface.
+
+Data parallel (``workers=W``, started by :mod:`marl.distributed`): learner ``r`` steps its own
+shard of the B environments, and each minibatch's gradient is summed over the learners with
+their agent's :class:`envs.api.Communicator` (the ring all-reduce). The shards draw the random
+starts and action samples the whole batch would draw, and every learner sees the whole batch's
+advantages, returns and masks (gathered exactly), so W learners take the optimizer steps one
+process takes on the union batch, up to the order of floating-point additions.
 :meth:`MAPPO.state_dict` holds everything needed to continue bit for bit: networks,
 optimizer, value normalization, the sampling generator, the environments and the running
 episode returns.
@@ -24,12 +31,14 @@ episode returns.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from capabilities.training.data_parallel import flat_grad, set_flat_grad, shard_bounds
 from marl.gae import compute_gae
 from marl.networks import CentralCritic, LocalCritic, ValueNorm
 from marl.parallel_batch import ParallelBatch
@@ -69,14 +78,19 @@ class MAPPOConfig(BaseModel):
     teams: dict[str, list[str]] | None = Field(None, description="Team name -> agent-name prefixes; one learner per team. "
                                                "Default: the environment's registered teams, else one team of all agents.")
     encoder: Literal["auto", "mlp", "cnn"] = Field("auto", description="Observation encoder: auto (a CNN for image observations), mlp or cnn.")
-    workers: int = Field(0, ge=0, le=256, description="backend parallel: worker processes stepping the copies (0: in this process).")
+    env_workers: int = Field(0, ge=0, le=256, description="backend parallel: processes stepping each learner's copies (0: in the learner's process).")
+    workers: int = Field(1, ge=1, le=64, description="Data-parallel learner processes, each stepping its shard of the num_envs environments; "
+                         "their gradients are summed over the ring all-reduce (the same updates as one process on all of them).")
+    dtype: Literal["float32", "float64"] = Field("float32", description="Floating dtype of the networks, rollouts and (batched env) simulation.")
 
     @model_validator(mode="after")
     def _minibatches_fit(self) -> MAPPOConfig:
         if self.num_minibatches > self.num_envs:
             raise ValueError(f"num_minibatches ({self.num_minibatches}) must be at most num_envs ({self.num_envs}): minibatches split the environments")
-        if self.workers and self.backend != "parallel":
-            raise ValueError(f"workers = {self.workers} steps copies of a ParallelEnv: it needs backend 'parallel', not {self.backend!r}")
+        if self.env_workers and self.backend != "parallel":
+            raise ValueError(f"env_workers = {self.env_workers} steps copies of a ParallelEnv: it needs backend 'parallel', not {self.backend!r}")
+        if self.workers > self.num_envs:
+            raise ValueError(f"workers = {self.workers} exceeds num_envs = {self.num_envs}: each learner steps at least one environment")
         # One rollout is held in memory at once; 2**24 environment steps of it fit in a few GiB.
         if self.num_envs * self.rollout_steps > 2**24:
             raise ValueError(f"num_envs * rollout_steps = {self.num_envs * self.rollout_steps} steps per rollout exceeds "
@@ -88,16 +102,36 @@ class MAPPOConfig(BaseModel):
 # The environment: batched torch or B copies of a ParallelEnv, one interface
 
 
-def make_batched_env(cfg: MAPPOConfig, num_envs: int, seed: int) -> Any:
-    """The training (or evaluation) environments of ``cfg``, reset with ``seed``."""
+def make_batched_env(cfg: MAPPOConfig, num_envs: int, seed: int, rows: tuple[int, int] | None = None) -> Any:
+    """The training (or evaluation) environments of ``cfg``, reset with ``seed``.
+
+    Args:
+        cfg: The configuration (env, backend, env_kwargs, device, dtype, env_workers).
+        num_envs: Environments of the whole batch.
+        seed: Reset seed.
+        rows: Only environments ``rows[0]..rows[1]-1`` of the batch (a learner's shard), started
+            as the whole batch would start them. Default None: all of them.
+    """
     from envs.registry import make_vec, registered_vec
 
+    lo, hi = rows if rows is not None else (0, num_envs)
     if cfg.backend == "vec":
         if cfg.env not in registered_vec():
             raise ValueError(f"env {cfg.env!r} has no batched implementation (batched: {', '.join(registered_vec())}); use backend 'parallel'")
-        env = make_vec(cfg.env, num_envs=num_envs, device=cfg.device, **cfg.env_kwargs)
+        kwargs = dict(cfg.env_kwargs)
+        if cfg.dtype != "float32":
+            kwargs.setdefault("dtype", getattr(torch, cfg.dtype))
+        if rows is not None:
+            kwargs["shard"] = (lo, num_envs)
+        try:
+            env = make_vec(cfg.env, num_envs=hi - lo, device=cfg.device, **kwargs)
+        except TypeError as exc:
+            if rows is None:
+                raise
+            raise ValueError(f"the batched {cfg.env} cannot be split over learners ({exc}); use backend 'parallel' or workers 1") from None
     else:
-        env = ParallelBatch(cfg.env, num_envs, seed=seed, device=cfg.device, workers=cfg.workers, **cfg.env_kwargs)
+        env = ParallelBatch(cfg.env, hi - lo, seed=seed, device=cfg.device, env_workers=cfg.env_workers, first_index=lo,
+                            **cfg.env_kwargs)
     env.reset(seed=seed)
     return env
 
@@ -117,14 +151,28 @@ class MAPPO:
     Args:
         cfg: The hyperparameters.
         seed: Seed of the network initialization, action sampling, minibatches and environments.
+        communicator: With ``cfg.workers > 1``: this learner's :class:`envs.api.Communicator`
+            (summing a tensor over the learners in place), e.g. ``agent.get(Communicator)`` of an
+            agent holding a :class:`~capabilities.training.RingAllReduce`. Default None.
+        rank: This learner's index in ``0..cfg.workers-1``. Default 0.
     """
 
-    def __init__(self, cfg: MAPPOConfig, seed: int) -> None:
+    def __init__(self, cfg: MAPPOConfig, seed: int, *, communicator: Any = None, rank: int = 0) -> None:
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {cfg.device!r} asked for but CUDA is not available (allowed here: cpu)")
+        if cfg.workers > 1 and communicator is None:
+            raise ValueError(f"workers = {cfg.workers} needs each learner's communicator: start them with marl.distributed")
+        if not 0 <= rank < cfg.workers:
+            raise ValueError(f"rank must be in [0, {cfg.workers}) for workers = {cfg.workers}, got {rank}")
         self.cfg = cfg
         self.device = torch.device(cfg.device)
-        self.env = make_batched_env(cfg, cfg.num_envs, seed)
+        self.dtype = getattr(torch, cfg.dtype)
+        self.communicator, self.rank, self.world = communicator, rank, cfg.workers
+        # This learner's environments lo..hi-1 of the batch; num_envs is its own count.
+        self.lo, self.hi = shard_bounds(cfg.num_envs, rank, cfg.workers)
+        self.num_envs = self.hi - self.lo
+        self.allreduce_seconds = 0.0  # wall time spent summing with the other learners
+        self.env = make_batched_env(cfg, cfg.num_envs, seed, rows=None if cfg.workers == 1 else (self.lo, self.hi))
         env = self.env
         self.num_agents, self.obs_dim, self.state_dim = env.num_agents, env.obs_dim, env.state_dim
         self.batch_steps = cfg.num_envs * cfg.rollout_steps
@@ -148,7 +196,10 @@ class MAPPO:
             n = len(idx)
             critic = CentralCritic(n, self.state_dim, cfg.hidden, generator=init) if cfg.central_critic else \
                 LocalCritic(n, self.obs_dim, share_params=cfg.share_params, hidden=cfg.hidden, generator=init)
-            self.critics.append(critic.to(self.device))
+            self.critics.append(critic.to(self.device, self.dtype))
+        self.actor.to(self.dtype)
+        # Every trained parameter in one order: the flat gradient the learners sum.
+        self.learnable = nn.ModuleList([self.actor, self.critics])
         self.value_norms = nn.ModuleList(ValueNorm() for _ in self.teams).to(self.device)
         self.team_params = []
         for team, critic in zip(self.teams, self.critics, strict=True):
@@ -157,14 +208,16 @@ class MAPPO:
         self.optimizers = [torch.optim.Adam(ps, lr=cfg.lr, eps=1e-5) for ps in self.team_params]
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         # The policy that collects the rollouts: the same agents, sampling with the run's generator.
-        self.behaviour = JointPolicy(self.actor, greedy=False, generator=self.generator, device=self.device)
+        # A shard draws the samples of the whole batch and keeps its own rows.
+        self.behaviour = JointPolicy(self.actor, greedy=False, generator=self.generator, device=self.device,
+                                     rows=None if cfg.workers == 1 else (self.lo, self.hi, cfg.num_envs))
 
         # Loop state.
         self.update_index = 0
-        self.obs = env.reset(seed=seed)[0].float()
-        self.state = env.state().float()
+        self.obs = env.reset(seed=seed)[0].to(self.dtype)
+        self.state = env.state().to(self.dtype)
         self.active = self._active_of(env)
-        self.episode_return = torch.zeros(cfg.num_envs, self.num_agents, device=self.device)
+        self.episode_return = torch.zeros(self.num_envs, self.num_agents, device=self.device, dtype=self.dtype)
 
     @property
     def critic(self) -> nn.Module:
@@ -176,12 +229,12 @@ class MAPPO:
             return infos["active"].to(self.device)
         if hasattr(env, "active"):
             return env.active.to(self.device)
-        return torch.ones(self.cfg.num_envs, self.num_agents, dtype=torch.bool, device=self.device)
+        return torch.ones(self.num_envs, self.num_agents, dtype=torch.bool, device=self.device)
 
     # -- what the critic reads ---------------------------------------------------------------
     def value(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Critic outputs [..., N] (each team's own, normalized when value_norm is on)."""
-        out = torch.zeros(*obs.shape[:-1], device=obs.device)
+        out = torch.zeros(*obs.shape[:-1], device=obs.device, dtype=obs.dtype)
         for idx, critic in zip(self.team_index, self.critics, strict=True):
             out[..., idx] = critic(state) if self.cfg.central_critic else critic(obs.index_select(-2, idx))
         return out
@@ -198,20 +251,20 @@ class MAPPO:
     @torch.no_grad()
     def collect(self) -> dict[str, Any]:
         """Steps every environment ``rollout_steps`` times with sampled actions."""
-        T, B, N = self.cfg.rollout_steps, self.cfg.num_envs, self.num_agents
-        dev = self.device
+        T, B, N = self.cfg.rollout_steps, self.num_envs, self.num_agents
+        dev, f = self.device, self.dtype
         buf: dict[str, Any] = {
-            "obs": torch.zeros(T, B, N, self.obs_dim, device=dev),
-            "state": torch.zeros(T, B, self.state_dim, device=dev),
-            "action": torch.zeros(T, B, N, self.actor.act_width, device=dev),
+            "obs": torch.zeros(T, B, N, self.obs_dim, device=dev, dtype=f),
+            "state": torch.zeros(T, B, self.state_dim, device=dev, dtype=f),
+            "action": torch.zeros(T, B, N, self.actor.act_width, device=dev, dtype=f),
             "active": torch.zeros(T, B, N, dtype=torch.bool, device=dev),
-            "logprob": torch.zeros(T, B, N, device=dev),
-            "value": torch.zeros(T, B, N, device=dev),
-            "reward": torch.zeros(T, B, N, device=dev),
+            "logprob": torch.zeros(T, B, N, device=dev, dtype=f),
+            "value": torch.zeros(T, B, N, device=dev, dtype=f),
+            "reward": torch.zeros(T, B, N, device=dev, dtype=f),
             "terminated": torch.zeros(T, B, N, dtype=torch.bool, device=dev),
             "truncated": torch.zeros(T, B, N, dtype=torch.bool, device=dev),
             "done": torch.zeros(T, B, dtype=torch.bool, device=dev),
-            "final_value": torch.zeros(T, B, N, device=dev),
+            "final_value": torch.zeros(T, B, N, device=dev, dtype=f),
         }
         finished: list[torch.Tensor] = []
         for t in range(T):
@@ -229,23 +282,23 @@ class MAPPO:
             buf["value"][t] = self._denorm(self.value(self.obs, self.state))
             step = self.env.step_wait() if overlap else self.env.step(self.actor.to_env(action))
             obs, reward, terminated, truncated, infos = step
-            reward = reward.float() * self.active  # a departed agent earns nothing
+            reward = reward.to(f) * self.active  # a departed agent earns nothing
             buf["reward"][t], buf["terminated"][t], buf["truncated"][t] = reward, terminated, truncated
             done = infos["done"]
             buf["done"][t] = done
             self.episode_return += reward
             if bool(done.any()):
                 # The value of the state an episode ended in, for bootstrapping a truncation.
-                final = self._denorm(self.value(infos["final_observation"].float(), infos["final_state"].float()))
+                final = self._denorm(self.value(infos["final_observation"].to(f), infos["final_state"].to(f)))
                 buf["final_value"][t] = final
                 finished.append(self.episode_return[done].cpu())
                 self.episode_return = torch.where(done.unsqueeze(1), torch.zeros_like(self.episode_return), self.episode_return)
-            self.obs, self.state = obs.float(), self.env.state().float()
+            self.obs, self.state = obs.to(f), self.env.state().to(f)
             self.active = self._active_of(self.env, infos)
         last_value = self._denorm(self.value(self.obs, self.state))
         following = torch.cat((buf["value"][1:], last_value.unsqueeze(0)))
         buf["next_value"] = torch.where(buf["done"].unsqueeze(-1), buf["final_value"], following)
-        buf["episode_returns"] = torch.cat(finished) if finished else torch.zeros(0, N)
+        buf["episode_returns"] = torch.cat(finished) if finished else torch.zeros(0, N, dtype=f)
         return buf
 
     # -- phase 2: advantages -------------------------------------------------------------------
@@ -260,18 +313,21 @@ class MAPPO:
 
         Each team's losses are means over its active agent-steps only; one backward pass
         serves every team (their parameters are disjoint), then each team clips its own
-        gradient and steps its own optimizer.
+        gradient and steps its own optimizer. With several learners, a minibatch is a set of
+        environments of the whole batch: each learner takes its own of them, scales its sums by
+        the minibatch's whole count, and the learners sum their gradients before the clip.
         """
         cfg = self.cfg
         adv, returns = self.advantages(buf)
-        active = buf["active"]
+        # The statistics below span minibatches and learners: computed from the whole batch.
+        adv_all, returns_all, active_all = self._whole_batch(adv, returns, buf["active"])
         targets = returns
         if cfg.value_norm:
             targets = returns.clone()
             for idx, norm in zip(self.team_index, self.value_norms, strict=True):
-                live = active[..., idx]
+                live = active_all[..., idx]
                 if bool(live.any()):
-                    norm.update(returns[..., idx][live])
+                    norm.update(returns_all[..., idx][live])
                 targets[..., idx] = norm.normalize(returns[..., idx])
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
         count = 0
@@ -279,36 +335,43 @@ class MAPPO:
         for _ in range(cfg.update_epochs):
             order = torch.randperm(cfg.num_envs, generator=self.generator, device=self.device)
             for start in range(0, cfg.num_envs, per_mb):
-                idx = order[start:start + per_mb]
-                obs, state = buf["obs"][:, idx], buf["state"][:, idx]
-                logprob, entropy = self.actor.log_prob_entropy(obs, buf["action"][:, idx])
-                log_ratio = logprob - buf["logprob"][:, idx]
-                ratio = log_ratio.exp()
-                values = self.value(obs, state)
-                mask = active[:, idx].float()
-                loss = torch.zeros((), device=self.device)
+                idx_all = order[start:start + per_mb]
+                # This learner's environments of the minibatch, as indices of its own shard.
+                idx = idx_all[(idx_all >= self.lo) & (idx_all < self.hi)] - self.lo
+                mask_all = active_all[:, idx_all].to(self.dtype)
                 parts = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
-                for team in self.team_index:
-                    m = mask[..., team]
-                    cnt = m.sum().clamp(min=1.0)
-                    a = adv[:, idx][..., team]
-                    mean = (a * m).sum() / cnt
-                    std = (((a - mean) ** 2 * m).sum() / cnt).sqrt()
-                    a = (a - mean) / (std + 1e-8)
-                    r, lr_ = ratio[..., team], log_ratio[..., team]
-                    pl = (torch.max(-a * r, -a * r.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)) * m).sum() / cnt
-                    vl = 0.5 * ((values[..., team] - targets[:, idx][..., team]).pow(2) * m).sum() / cnt
-                    ent = (entropy[..., team] * m).sum() / cnt
-                    loss = loss + pl - cfg.ent_coef * ent + cfg.vf_coef * vl
-                    with torch.no_grad():
-                        parts["policy_loss"] += pl.item()
-                        parts["value_loss"] += vl.item()
-                        parts["entropy"] += ent.item()
-                        parts["approx_kl"] += ((((r - 1) - lr_) * m).sum() / cnt).item()
-                        parts["clipfrac"] += ((((r - 1).abs() > cfg.clip_coef).float() * m).sum() / cnt).item()
                 for opt in self.optimizers:
                     opt.zero_grad()
-                loss.backward()
+                if idx.numel():
+                    obs, state = buf["obs"][:, idx], buf["state"][:, idx]
+                    logprob, entropy = self.actor.log_prob_entropy(obs, buf["action"][:, idx])
+                    log_ratio = logprob - buf["logprob"][:, idx]
+                    ratio = log_ratio.exp()
+                    values = self.value(obs, state)
+                    mask = buf["active"][:, idx].to(self.dtype)
+                    loss = torch.zeros((), device=self.device, dtype=self.dtype)
+                    for team in self.team_index:
+                        m = mask[..., team]
+                        # Normalization over the whole minibatch's active agent-steps.
+                        m_all, a_all = mask_all[..., team], adv_all[:, idx_all][..., team]
+                        cnt = m_all.sum().clamp(min=1.0)
+                        mean = (a_all * m_all).sum() / cnt
+                        std = (((a_all - mean) ** 2 * m_all).sum() / cnt).sqrt()
+                        a = (adv[:, idx][..., team] - mean) / (std + 1e-8)
+                        r, lr_ = ratio[..., team], log_ratio[..., team]
+                        pl = (torch.max(-a * r, -a * r.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)) * m).sum() / cnt
+                        vl = 0.5 * ((values[..., team] - targets[:, idx][..., team]).pow(2) * m).sum() / cnt
+                        ent = (entropy[..., team] * m).sum() / cnt
+                        loss = loss + pl - cfg.ent_coef * ent + cfg.vf_coef * vl
+                        with torch.no_grad():
+                            parts["policy_loss"] += pl.item()
+                            parts["value_loss"] += vl.item()
+                            parts["entropy"] += ent.item()
+                            parts["approx_kl"] += ((((r - 1) - lr_) * m).sum() / cnt).item()
+                            parts["clipfrac"] += ((((r - 1).abs() > cfg.clip_coef).to(self.dtype) * m).sum() / cnt).item()
+                    loss.backward()
+                if self.world > 1:
+                    parts = self._sum_gradients(parts)
                 for params, opt in zip(self.team_params, self.optimizers, strict=True):
                     nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step()
@@ -316,6 +379,37 @@ class MAPPO:
                     stats[k] += v / len(self.team_index)
                 count += 1
         return {k: v / count for k, v in stats.items()}
+
+    # -- what the learners share -----------------------------------------------------------------
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sums ``tensor`` over the learners in place, through this learner's communicator."""
+        t0 = time.perf_counter()
+        self.communicator.all_reduce(tensor)
+        self.allreduce_seconds += time.perf_counter() - t0
+        return tensor
+
+    def _whole_batch(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """``[T, B_shard, ...]`` tensors as ``[T, num_envs, ...]`` of the whole batch, exactly.
+
+        Each learner writes its rows into zeros and the learners sum: adding zeros is exact, so
+        every learner holds bit for bit what one process would (an all-gather over the ring).
+        """
+        if self.world == 1:
+            return list(tensors)
+        T = tensors[0].shape[0]
+        full = torch.zeros(len(tensors), T, self.cfg.num_envs, *tensors[0].shape[2:], device=self.device, dtype=self.dtype)
+        for k, t in enumerate(tensors):
+            full[k, :, self.lo:self.hi] = t
+        self._all_reduce(full)
+        return [full[k].to(t.dtype) if t.dtype == torch.bool else full[k] for k, t in enumerate(tensors)]
+
+    def _sum_gradients(self, parts: dict[str, float]) -> dict[str, float]:
+        """Sums the minibatch's gradients (and its loss statistics) over the learners."""
+        grad = flat_grad(self.learnable)
+        flat = torch.cat([grad, torch.tensor(list(parts.values()), device=self.device, dtype=grad.dtype)])
+        self._all_reduce(flat)
+        set_flat_grad(self.learnable, flat[: grad.numel()])
+        return dict(zip(parts, flat[grad.numel():].tolist(), strict=True))
 
     # -- one iteration -------------------------------------------------------------------------
     def train_iteration(self) -> dict[str, Any]:
@@ -336,7 +430,15 @@ class MAPPO:
             "env_steps": self.update_index * self.batch_steps,
             "episodes": int(returns.shape[0]),
         }
-        for key, value in self.team_returns(returns).items():
+        team_returns = self.team_returns(returns)
+        if self.world > 1:
+            # Every learner's finished episodes: per team the sum of per-agent returns, and the count.
+            sums = [returns[:, idx.cpu()].sum() / len(idx) for idx in self.team_index]
+            totals = self._all_reduce(torch.tensor([*sums, returns.shape[0]], dtype=torch.float64)).tolist()
+            out["episodes"] = int(totals[-1])
+            team_returns = {key: (total / totals[-1] if totals[-1] else None)
+                            for key, total in zip(team_returns, totals, strict=False)}
+        for key, value in team_returns.items():
             out[f"train_{key}"] = value
         return {**out, **stats}
 

@@ -19,9 +19,11 @@ generator (seeded with ``[seed, i]``), and the actions since that reset are reme
 :meth:`get_state` / :meth:`load_state` restore any deterministic environment exactly by
 replaying them (mpe2's environments do not pickle their mid-episode state).
 
-``workers=W`` steps the copies in W processes (each owns a contiguous slice), while the
+``env_workers=W`` steps the copies in W processes (each owns a contiguous slice), while the
 policy still runs once per step for all B copies in the caller's process; the results are
-the same as with ``workers=0`` (everything in this process), since each copy owns its seeds.
+the same as with ``env_workers=0`` (everything in this process), since each copy owns its seeds.
+``first_index=k`` makes the batch copies ``k..k+B-1`` of a larger one (a data-parallel
+learner's shard): copy ``i`` seeds its generator with ``[seed, k + i]``, as in the whole batch.
 """
 
 from __future__ import annotations
@@ -232,23 +234,26 @@ class _Remote:
 
 
 class ParallelBatch:
-    """``num_envs`` instances of ``env_id``, stepped here or in ``workers`` processes.
+    """``num_envs`` instances of ``env_id``, stepped here or in ``env_workers`` processes.
 
     Args:
         env_id: A registered environment id (``envs.make``).
         num_envs: Number of copies B.
         seed: Seed of the copies' generators that draw every episode's reset seed. Default 0.
         device: Torch device of the returned tensors. Default "cpu".
-        workers: Processes stepping the copies (0: all in this process). Default 0.
+        env_workers: Processes stepping the copies (0: all in this process). Default 0.
+        first_index: Index of the first copy in a larger batch (its seeds follow). Default 0.
         **env_kwargs: Keyword arguments of ``envs.make``.
     """
 
-    def __init__(self, env_id: str, num_envs: int, seed: int = 0, device: str | torch.device = "cpu", *, workers: int = 0,
-                 **env_kwargs: Any) -> None:
+    def __init__(self, env_id: str, num_envs: int, seed: int = 0, device: str | torch.device = "cpu", *,
+                 env_workers: int = 0, first_index: int = 0, **env_kwargs: Any) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        if not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+        if not isinstance(env_workers, int) or env_workers < 0:
+            raise ValueError(f"env_workers must be a non-negative integer, got {env_workers!r}")
+        if not isinstance(first_index, int) or first_index < 0:
+            raise ValueError(f"first_index must be a non-negative integer, got {first_index!r}")
         first = make(env_id, **env_kwargs)
         self.layout = L = _Layout(first, env_id)
         self.num_envs = num_envs
@@ -261,9 +266,11 @@ class ParallelBatch:
         self.obs_dim = L.obs_dim
         self.act_dim = max(L.action_sizes)
         self.state_dim = L.state_dim
-        self.workers = min(workers, num_envs)
-        if self.workers == 0:
-            self._local: _Shard | None = _Shard(env_id, env_kwargs, list(range(num_envs)), seed, L, first=first)
+        self.env_workers = min(env_workers, num_envs)
+        self.first_index = first_index
+        copies = np.arange(first_index, first_index + num_envs)
+        if self.env_workers == 0:
+            self._local: _Shard | None = _Shard(env_id, env_kwargs, copies.tolist(), seed, L, first=first)
             self._remotes: list[_Remote] = []
         else:
             first.close()
@@ -271,7 +278,7 @@ class ParallelBatch:
             # fork: the children inherit the registry, so environments a user's module
             # registered are known there too.
             ctx = mp.get_context("fork")
-            slices = np.array_split(np.arange(num_envs), self.workers)
+            slices = np.array_split(copies, self.env_workers)
             self._remotes = [_Remote(ctx, env_id, env_kwargs, s.tolist(), seed, L) for s in slices]
             for r in self._remotes:
                 r.recv()
@@ -310,7 +317,8 @@ class ParallelBatch:
     def _split(self, array: Any) -> list[Any]:
         if self._local is not None:
             return [array]
-        return [array[r.indices[0]: r.indices[-1] + 1] for r in self._remotes]
+        k = self.first_index
+        return [array[r.indices[0] - k: r.indices[-1] + 1 - k] for r in self._remotes]
 
     # Reset and step --------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -378,7 +386,8 @@ class ParallelBatch:
         if len(saved.get("episode_seed", [])) != self.num_envs:
             raise ValueError(f"saved state is of {len(saved.get('episode_seed', []))} copies, this batch has {self.num_envs}")
         shards = [self._local] if self._local is not None else self._remotes
-        args = [{key: [saved[key][i] for i in s.indices] for key in ("rngs", "episode_seed", "history")} for s in shards]
+        args = [{key: [saved[key][i - self.first_index] for i in s.indices] for key in ("rngs", "episode_seed", "history")}
+                for s in shards]
         parts = self._call("load_state", args)
         self._obs, self._active, self._states = (np.concatenate(x) for x in zip(*parts, strict=True))
 

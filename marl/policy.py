@@ -238,10 +238,14 @@ class GroupPolicy:
         actor: Its actor.
         greedy: Most likely actions (default) or samples.
         generator: Generator of the samples (shared by the groups of one joint policy).
+        rows: ``(start, stop, total)`` when the observations are rows start..stop-1 of a batch
+            of ``total`` (a data-parallel learner's shard): samples are drawn for the whole batch
+            and these rows kept, so the shards sample what the whole batch would. Default None.
     """
 
-    def __init__(self, group: Group, actor: Actor, *, greedy: bool = True, generator: torch.Generator | None = None) -> None:
-        self.group, self.actor, self.greedy, self.generator = group, actor, greedy, generator
+    def __init__(self, group: Group, actor: Actor, *, greedy: bool = True, generator: torch.Generator | None = None,
+                 rows: tuple[int, int, int] | None = None) -> None:
+        self.group, self.actor, self.greedy, self.generator, self.rows = group, actor, greedy, generator, rows
 
     def raw(self, obs: torch.Tensor) -> torch.Tensor:
         """Actions before the environment's conversion: ``[..., n, 1]`` indices (float) or ``u``."""
@@ -253,16 +257,23 @@ class GroupPolicy:
             a = self.actor.greedy(x)
             return a if self.actor.continuous else a.float().unsqueeze(-1)
         dist = self.actor.distribution(x)
+        lo, hi, total = self.rows if self.rows is not None else (0, x.shape[0], x.shape[0])
         if self.actor.continuous:
-            noise = torch.randn(dist.mean.shape, generator=self.generator, device=obs.device)
+            noise = torch.randn((total, *dist.mean.shape[1:]), generator=self.generator, device=obs.device,
+                                dtype=dist.mean.dtype)[lo:hi]
             return dist.mean + dist.stddev * noise
-        probs = dist.probs.reshape(-1, dist.probs.shape[-1])
-        idx = torch.multinomial(probs, 1, generator=self.generator).view(dist.probs.shape[:-1])
-        return idx.float().unsqueeze(-1)
+        probs = dist.probs
+        if self.rows is not None:
+            # Each row's draw depends on its own probabilities only: the other rows are placeholders.
+            full = probs.new_full((total, *probs.shape[1:]), 1.0 / probs.shape[-1])
+            full[lo:hi] = probs
+            probs = full
+        idx = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=self.generator).view(probs.shape[:-1])[lo:hi]
+        return idx.to(obs.dtype).unsqueeze(-1)
 
     @torch.no_grad()
     def __call__(self, observations: torch.Tensor) -> torch.Tensor:
-        raw = self.raw(torch.as_tensor(observations, dtype=torch.float32))
+        raw = self.raw(torch.as_tensor(observations, dtype=next(self.actor.parameters()).dtype))
         return raw[..., 0].round().long() if self.group.discrete else self.actor.to_env(raw)
 
 
@@ -279,12 +290,13 @@ class JointPolicy:
         greedy: Most likely actions (default) or samples.
         generator: Generator of the samples. Default None (torch's global one).
         device: Where observations are moved before acting. Default CPU.
+        rows: A data-parallel learner's shard of a larger batch (see :class:`GroupPolicy`). Default None.
     """
 
     def __init__(self, actor: GroupedActor, *, greedy: bool = True, generator: torch.Generator | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", rows: tuple[int, int, int] | None = None) -> None:
         self.actor, self.device = actor, torch.device(device)
-        self.group_agents = [Agent(g.name, policy=GroupPolicy(g, a, greedy=greedy, generator=generator))
+        self.group_agents = [Agent(g.name, policy=GroupPolicy(g, a, greedy=greedy, generator=generator, rows=rows))
                              for g, a in zip(actor.groups, actor.actors, strict=True)]
 
     def raw(self, obs: torch.Tensor) -> torch.Tensor:
@@ -296,7 +308,7 @@ class JointPolicy:
 
     @torch.no_grad()
     def __call__(self, observations: torch.Tensor) -> torch.Tensor:
-        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
+        obs = torch.as_tensor(observations, dtype=next(self.actor.parameters()).dtype, device=self.device)
         lead, n = obs.shape[:-2], self.actor.num_agents
         parts = [(getattr(self.actor, f"idx{i}"), agent.act(obs.index_select(-2, getattr(self.actor, f"idx{i}"))))
                  for i, agent in enumerate(self.group_agents)]

@@ -174,13 +174,14 @@ def _where_am_i() -> str:
 
 
 def run_in_gang(reservation: GangReservation, cluster: LocalCluster | None = None,
-                fn: Callable[[], Any] | None = None) -> list[Any]:
+                fn: Callable[..., Any] | None = None, args: Sequence[Sequence[Any]] | None = None) -> list[Any]:
     """Runs one task in each bundle of ``reservation`` and returns what each returned.
 
     Args:
         reservation: A placed gang.
         cluster: Maps node ids to ``nodeK`` names when ``fn`` is None.
         fn: The task body (picklable); None runs a task that reports the node it ran on.
+        args: ``fn``'s positional arguments in each bundle (e.g. its rank); None: none.
 
     Returns:
         One result per bundle, in bundle order.
@@ -189,12 +190,14 @@ def run_in_gang(reservation: GangReservation, cluster: LocalCluster | None = Non
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     task = ray.remote(fn or _where_am_i)
+    if args is not None and len(args) != len(reservation.bundles):
+        raise ValueError(f"args has {len(args)} entries for {len(reservation.bundles)} bundles")
     refs = [
         task.options(
             num_cpus=bundle.get("CPU", 0.0),
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=reservation.placement_group, placement_group_bundle_index=i),
-        ).remote()
+        ).remote(*(args[i] if args is not None else ()))
         for i, bundle in enumerate(reservation.bundles)
     ]
     out = ray.get(refs)

@@ -123,15 +123,15 @@ def test_check_env_refuses_what_the_trainer_cannot_act_in() -> None:
     envs.check_env(marl_toy_envs.MixedEnv())
 
 
-def test_worker_processes_train_exactly_as_one_process() -> None:
+def test_env_worker_processes_train_exactly_as_one_process() -> None:
     # Each copy owns its seeds, so where it is stepped cannot change a single number.
     base = {"env": "toy/leave-v0", "backend": "parallel", "num_envs": 4, "rollout_steps": 8, "total_steps": 64,
             "num_minibatches": 2, "update_epochs": 1}
     runs = []
-    for workers in (0, 2):
-        trainer = MAPPO(MAPPOConfig(workers=workers, **base), seed=0)
+    for env_workers in (0, 2):
+        trainer = MAPPO(MAPPOConfig(env_workers=env_workers, **base), seed=0)
         try:
-            assert trainer.env.workers == workers
+            assert trainer.env.env_workers == env_workers
             runs.append([trainer.train_iteration() for _ in range(trainer.num_updates)])
         finally:
             trainer.env.close()

@@ -12,7 +12,7 @@ def test_async_step_in_workers_equals_step_in_one_process() -> None:
     gen = torch.Generator().manual_seed(0)
     acts = [torch.randint(0, 5, (4, 8), generator=gen) for _ in range(12)]
     local = ParallelBatch("sisl/pursuit-v5", 4, seed=1, max_cycles=5)
-    remote = ParallelBatch("sisl/pursuit-v5", 4, seed=1, workers=2, max_cycles=5)
+    remote = ParallelBatch("sisl/pursuit-v5", 4, seed=1, env_workers=2, max_cycles=5)
     try:
         assert torch.equal(local.reset(seed=1)[0], remote.reset(seed=1)[0])
         resets = 0
@@ -32,9 +32,9 @@ def test_async_step_in_workers_equals_step_in_one_process() -> None:
         remote.close()
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_async_step_out_of_order_is_refused(workers: int) -> None:
-    batch = ParallelBatch("sisl/pursuit-v5", 2, workers=workers, max_cycles=5)
+@pytest.mark.parametrize("env_workers", [0, 1])
+def test_async_step_out_of_order_is_refused(env_workers: int) -> None:
+    batch = ParallelBatch("sisl/pursuit-v5", 2, env_workers=env_workers, max_cycles=5)
     try:
         batch.reset(seed=0)
         with pytest.raises(RuntimeError, match="without step_async"):
