@@ -24,11 +24,11 @@ install: $(STAMP)
 # The Solara app test (tests/swarm/test_app.py) drives Debian's headless Chromium.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
-	  || echo "warning: chromium could not be installed; tests/swarm/test_app.py will not run"
+	  || echo "warning: chromium could not be installed; tests/swarm/test_app.py and tests/experiments/test_gallery_browser.py will not run"
 
+# `agora tour`: a small run of every experiment, then the gallery; its last line is the page's path.
 demo: $(STAMP)
-	$(BIN)/python -m experiments run tour --out runs/tour-$$(date +%Y%m%d-%H%M%S)
-	@echo "gallery page:" && ls -t runs/tour-*/gallery.html | head -n 1 | xargs realpath
+	$(BIN)/python -m experiments tour --out runs/tour-$$(date +%Y%m%d-%H%M%S)
 
 # Two pytest workers: most of the slow tests wait on Flower's heartbeats and Ray's start-up,
 # not on a core, so two at a time halve the suite's wall time on a 2-core machine.

@@ -25,7 +25,7 @@ table{border-collapse:collapse;margin:.6rem 0} td,th{border:1px solid #e5e5e5;pa
 .figs{display:flex;flex-wrap:wrap;gap:1rem} .figs figure{margin:0;max-width:100%}
 .figs img{max-width:100%;border:1px solid #eee} figcaption{font-size:.8rem;color:#666}
 nav a{margin-right:1rem}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:.9rem;margin:1rem 0}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:.8rem;margin:1rem 0}
 .card{border:1px solid #ddd;border-radius:8px;padding:.5rem .6rem;background:#fafafa}
 .card img{width:100%;height:auto;display:block;background:#fff} .card h3{margin:.4rem 0 .2rem;font-size:1rem}
 .card h3 a{color:#222;text-decoration:none} .card p{margin:.15rem 0;font-size:.82rem}

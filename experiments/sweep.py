@@ -344,7 +344,8 @@ def aggregate(points: list[Point], results: dict[str, dict[str, Any]], axes: lis
 def summary_figure(points: list[Point], results: dict[str, dict[str, Any]], axes: list[Axis], png: Path) -> Path | None:
     """Each numeric headline against the first swept key: mean and min-max over seeds.
 
-    The other swept keys each give their own line; the numbers drawn go to
+    The first key with more than one value is the x axis; the other such keys give one line
+    per combination of their values; the numbers drawn go to
     ``sweep_summary.json`` beside the figure. Returns None when no point completed.
     """
     import matplotlib
@@ -357,7 +358,10 @@ def summary_figure(points: list[Point], results: dict[str, dict[str, Any]], axes
     keys = list(dict.fromkeys(r["headline"] for r in rows))
     if not keys:
         return None
-    first, rest = axes[0], axes[1:]
+    # Keys given one value are fixed for the whole sweep: they get no line of their own.
+    swept = [a for a in axes if len(a.values) > 1] or axes[:1]
+    fixed = [a for a in axes if a not in swept]
+    first, rest = swept[0], swept[1:]
     numeric_x = all(_number(v) is not None and not isinstance(v, bool) for v in first.values)
     xs = [float(v) for v in first.values] if numeric_x else list(range(len(first.values)))
     cols = min(3, len(keys))
@@ -381,7 +385,8 @@ def summary_figure(points: list[Point], results: dict[str, dict[str, Any]], axes
     for ax in list(grid.flat)[len(keys):]:
         ax.set_visible(False)
     seeds = sorted({str(p.seed) for p in points})
-    fig.suptitle(f"sweep of {first.key}: mean and min-max over seeds {', '.join(seeds)}", fontsize=9)
+    also = f"; fixed: {', '.join(f'{a.key}={a.texts[0]}' for a in fixed)}" if fixed else ""
+    fig.suptitle(f"sweep of {first.key}: mean and min-max over seeds {', '.join(seeds)}{also}", fontsize=9)
     fig.savefig(png, dpi=90)
     plt.close(fig)
     return png

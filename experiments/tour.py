@@ -196,7 +196,7 @@ def run_tour(
     return TourResult(root, page, shot, failed, time.perf_counter() - t0)
 
 
-def take_screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 1400) -> Path | None:
+def take_screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 1900) -> Path | None:
     """A PNG of the top of ``page`` (the cards) by headless Chromium; None when it is not installed.
 
     Chromium's own ``--screenshot`` flag: no browser driver, nothing from the network.

@@ -26,7 +26,7 @@ browser = _app.browser
 
 TINY = {
     "runs": [
-        {"config": "scaling_dp", "overrides": {"counts": [1, 2], "steps": 2, "widths": [8, 8, 1], "global_batch": 32}},
+        {"config": "scaling_dp", "overrides": {"counts": [2], "steps": 2, "widths": [8, 8, 1], "global_batch": 32}},
         {"config": "ring_allreduce", "overrides": {"world_sizes": [2, 3], "sizes": [10], "repeats": 1, "algorithms": ["ring"]}},
         {"config": "zero_memory", "overrides": {"world_size": 2, "steps": 1, "widths": [4, 4], "fsdp": False}},
         {"config": "shuffle_wordcount", "overrides": {"num_partitions": 3, "map_tasks": 2, "workers": 0}},

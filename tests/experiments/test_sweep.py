@@ -62,6 +62,13 @@ def test_bad_sweep_specs_exit_2_with_one_line_before_anything_runs(tmp_path, cap
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["sweep", "tour"])
+def test_help_of_the_new_commands(capsys, command):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0 and "usage: agora " + command in capsys.readouterr().out
+
+
 def test_values_split_at_top_level_commas_only():
     assert split_values("1,[2,3],{a: 4, b: 5},'x,y'") == ["1", "[2,3]", "{a: 4, b: 5}", "'x,y'"]
     (axis,) = parse_axes(["train.lr=0.001,0.003"])
