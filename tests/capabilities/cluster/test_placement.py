@@ -127,3 +127,27 @@ def test_bad_input_names_the_parameter(cluster):
         P.reserve_gang([], "PACK", cluster=cluster)
     with pytest.raises(ValueError, match="STRICT_SPREAD of 4 bundles needs that many nodes"):
         P.reserve_gang([{"CPU": 0.5}] * 4, "STRICT_SPREAD", cluster=cluster)
+
+
+def test_a_gang_of_mappo_learners_trains_as_one_process(cluster):
+    # Two learners placed as one STRICT_PACK gang (the default) train over the ring exactly as
+    # one process on all their environments would.
+    from marl.distributed import LearnerJob, run_ray
+    from marl.mappo import MAPPO, MAPPOConfig
+
+    cfg = MAPPOConfig(num_envs=4, rollout_steps=10, total_steps=80, num_minibatches=2, update_epochs=1, hidden=8,
+                      dtype="float64")
+    job = LearnerJob(config=cfg.model_copy(update={"workers": 2}).model_dump(), seed=1, return_parameters=True)
+    out = run_ray(job, cluster=cluster, place_timeout_s=30, timeout_s=120)
+    assert len(out["bundle_nodes"]) == 2 and len(set(out["bundle_nodes"])) == 1
+    ref = MAPPO(cfg, seed=1)
+    for _ in range(ref.num_updates):
+        ref.train_iteration()
+    for result in out["results"]:
+        assert max((a - b).abs().max().item() for a, b in zip(result["parameters"], ref.learnable.parameters(), strict=True)) <= 1e-12
+    assert cpus_free(expect=6.0) == 6.0  # the gang was released
+    # Three learners of 2 CPUs cannot share one 2-CPU node: nothing starts, nothing stays reserved.
+    big = LearnerJob(config=cfg.model_copy(update={"workers": 3, "threads": 2}).model_dump())
+    with pytest.raises(TimeoutError, match="found no place within 1 s; nothing was started"):
+        run_ray(big, strategy="STRICT_PACK", cluster=cluster, place_timeout_s=1)
+    assert cpus_free(expect=6.0) == 6.0
