@@ -67,33 +67,39 @@ def _default_partitionings() -> list[Partitioning]:
             Partitioning(partitioner="pathological", classes_per_client=2)]
 
 
-class FedAvgConfig(ExperimentConfig):
+class FlowerRunConfig(ExperimentConfig):
+    """The fields every Flower experiment kind has, taken from :class:`federated.settings.FedSettings`
+    (its default, bounds and description; ``rounds`` is its ``num_server_rounds``, ``num_clients``
+    its ``num_partitions``)."""
+
+    num_clients: int = field_of(FedSettings, "num_partitions")
+    rounds: int = field_of(FedSettings, "num_server_rounds")
+    hidden: int = field_of(FedSettings, "hidden")
+    lr: float = field_of(FedSettings, "lr")
+    round_timeout: float = field_of(FedSettings, "round_timeout")
+    task: TaskPath = field_of(FedSettings, "task")
+
+
+class FedAvgConfig(FlowerRunConfig):
     """FedAvg with ``num_clients`` clients for ``rounds`` rounds on each partitioning.
 
-    The Flower run's fields are :class:`federated.settings.FedSettings`' own (default, bounds,
-    description; ``rounds`` is its ``num_server_rounds``, ``num_clients`` its
-    ``num_partitions``); :meth:`settings_for` builds the FedSettings each run's apps read.
+    The Flower run's fields are FedSettings' own (see :class:`FlowerRunConfig`);
+    :meth:`settings_for` builds the FedSettings each run's apps read.
     """
 
     dataset: Literal["digits", "breast_cancer"] = field_of(FedSettings, "dataset")
-    num_clients: int = field_of(FedSettings, "num_partitions")
-    rounds: int = field_of(FedSettings, "num_server_rounds")
     partitionings: list[Partitioning] = Field(default_factory=_default_partitionings, min_length=1, max_length=20,
                                               description="One federated run per entry.")
     local_epochs: int = field_of(FedSettings, "local_epochs")
     batch_size: int = field_of(FedSettings, "batch_size")
-    lr: float = field_of(FedSettings, "lr")
-    hidden: int = field_of(FedSettings, "hidden")
     fraction_evaluate: float = field_of(FedSettings, "fraction_evaluate")
     min_replies: int = field_of(FedSettings, "min_replies")
-    round_timeout: float = field_of(FedSettings, "round_timeout")
     faults: str = field_of(FedSettings, "faults")
     engine: Literal["simulation", "deployment"] = Field("simulation", description="Flower engine.")
     num_cpus: int = Field(2, ge=1, le=256, description="CPUs for the simulation engine's Ray.")
     centralized_reference: bool = Field(True, description="Train on the union of the data as a reference "
                                                    "(built-in task only).")
     target_accuracy: float = Field(0.95, gt=0, le=1, description="Accuracy for the rounds-to-target count.")
-    task: TaskPath = field_of(FedSettings, "task")
     aggregation: Literal["plain", "secure"] = field_of(FedSettings, "aggregation")
 
     @model_validator(mode="after")

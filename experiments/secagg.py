@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
-from experiments.federated import TaskPath
+from experiments.federated import FlowerRunConfig
 from federated.secure_aggregation import SecAggParams
 from federated.settings import FedSettings, field_of
 from secure_agg.errors import SecAggError
@@ -152,31 +152,24 @@ def run_protocol(cfg: ProtocolConfig, ctx: RunContext) -> dict[str, Any]:
             "cases": len(rows)}
 
 
-class SecureFedAvgConfig(ExperimentConfig):
+class SecureFedAvgConfig(FlowerRunConfig):
     """FedAvg with secure and with plain aggregation, one run each (Flower simulation).
 
     Both runs go through the same round loop (:func:`federated.server_app.run_rounds`), so each
     checkpoints every round and `resume` continues an interrupted one. ``task`` names a user's
     task module (see :mod:`experiments.federated`) instead of the built-in MLP on digits.
-    The fields are those of the run's settings model (:class:`federated.settings.FedSettings`,
-    ``rounds`` its ``num_server_rounds`` and ``num_clients`` its ``num_partitions``) and of
-    secure aggregation's (:class:`federated.secure_aggregation.SecAggParams`): their defaults
-    and bounds live there.
+    The fields are those of the run's settings model (:class:`experiments.federated.FlowerRunConfig`)
+    and of secure aggregation's (:class:`federated.secure_aggregation.SecAggParams`): their
+    defaults and bounds live there.
     """
 
-    num_clients: int = field_of(FedSettings, "num_partitions")
-    rounds: int = field_of(FedSettings, "num_server_rounds")
     partitioner: Literal["iid", "dirichlet", "pathological"] = field_of(FedSettings, "partitioner")
     alpha: float = field_of(FedSettings, "alpha")
-    hidden: int = field_of(FedSettings, "hidden")
-    lr: float = field_of(FedSettings, "lr")
     clip: float = field_of(SecAggParams, "clip")
     bits: int = field_of(SecAggParams, "bits")
     threshold: float = field_of(SecAggParams, "threshold")
     neighbours: int = field_of(SecAggParams, "neighbours")
     num_cpus: int = Field(2, ge=1, le=256, description="CPUs for Ray.")
-    round_timeout: float = field_of(FedSettings, "round_timeout")
-    task: TaskPath = field_of(FedSettings, "task")
 
     def settings(self, aggregation: str, checkpoint_dir: str) -> FedSettings:
         """The Flower run settings of the ``plain`` or the ``secure`` run."""
