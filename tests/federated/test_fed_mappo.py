@@ -153,3 +153,15 @@ def test_bad_config_exits_2_naming_the_field(tmp_path, capsys, override, field):
     err = capsys.readouterr().err
     assert field in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_deployment_engine_gives_the_simulation_result(runs, tmp_path):
+    # A SuperLink and two SuperNodes on 127.0.0.1, the apps loaded by `flwr run`: the secure
+    # run's global model equals the simulation engine's, bit for bit (same sites, same seeds).
+    from federated.fed_mappo import deploy
+
+    settings = runs["settings"].model_copy(update={"aggregation": "secure", "site_dir": str(tmp_path / "sites")})
+    result = deploy(settings, tmp_path / "deploy", timeout=500)
+    assert [r["round"] for r in result["history"]] == [0, 1, 2]
+    for name, value in runs["secure2"]["weights"].items():
+        np.testing.assert_array_equal(result["weights"][name], value)
