@@ -188,7 +188,9 @@ def _run_jobs(cfg: EvalSettings, ctx: RunContext, jobs: list[tuple[str, int, MAP
         remaining = range(trainer.update_index, trainer.num_updates)
         board = None
         if cfg.log.tensorboard:
-            resumed = trainer.update_index if trainer.update_index else None
+            # A resumed run purges the events past its checkpoint: from update_index + 1, so all
+            # of them when the job restarts from its beginning (killed before its first checkpoint).
+            resumed = trainer.update_index if ctx.resume_state is not None else None
             board = _Board(ctx.path / "tensorboard" / key.replace("/", "-"), resumed)
         for _ in ctx.progress(remaining, description=key):
             metrics = trainer.train_iteration()
