@@ -7,11 +7,10 @@ the test fails.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,11 +24,10 @@ from experiments.cli import main
 from experiments.rundir import RunDir
 from experiments.sweep import parse_axes, split_values
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The process helpers of the Solara app test (a free port of 127.0.0.1, stopping a process group).
+_spec = importlib.util.spec_from_file_location("_swarm_app_procs", Path(__file__).parents[1] / "swarm" / "test_app.py")
+_app = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_app)
 
 
 def _one_line(err: str) -> str:
@@ -77,7 +75,7 @@ def test_values_split_at_top_level_commas_only():
 
 @pytest.fixture
 def ray_head() -> Iterator[str]:
-    port = _free_port()
+    port = _app._free_port()
     temp = tempfile.mkdtemp(prefix="agray", dir="/tmp")  # Ray's socket paths must stay short
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -102,13 +100,7 @@ def ray_head() -> Iterator[str]:
 
 def _stop_head(proc: subprocess.Popen, temp: str) -> None:
     """Stops the head's process group, then any process of this head that left it (by its temp dir)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    _app._stop(proc)
     import psutil
 
     for p in psutil.process_iter(["pid", "cmdline"]):
