@@ -46,25 +46,27 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from envs.files import atomic_write_bytes
 from federated.arrays import from_numpy, to_numpy
 from federated.checkpoint import load_server_checkpoint, save_server_checkpoint
 from federated.secure_aggregation import SecAggParams, SecureAggregation, exchange, first_error
 from federated.secure_mod import secure_agg_mod
+from federated.settings import RunConfigModel
 from federated.strategy import RobustFedAvg
 from marl.mappo import MAPPO, MAPPOConfig
 
 ENV = "mpe/simple_spread-v3"
 ACTOR, CRITIC, NORM = "actor.", "critic.", "value_norm."
-SECAGG_PREFIX = "secagg-"
 
 
-class FedMAPPOSettings(BaseModel):
-    """One federated MAPPO run; run-config keys are the field names with ``-`` for ``_``."""
+class FedMAPPOSettings(RunConfigModel):
+    """One federated MAPPO run; run-config keys are the field names with ``-`` for ``_``.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Read from and written to Flower's flat run config by :class:`federated.settings.RunConfigModel`
+    (``secagg-*`` keys for the nested secure-aggregation parameters).
+    """
 
     num_server_rounds: int = Field(3, ge=1, le=10_000, description="Federated rounds.")
     num_sites: int = Field(2, ge=1, le=1000, description="Sites (Flower clients), each with its own environments.")
@@ -136,37 +138,6 @@ class FedMAPPOSettings(BaseModel):
         cfg = self.mappo
         return cfg.model_copy(update={"env": ENV, "backend": "vec", "env_kwargs": {"local_ratio": self.local_ratio(site)},
                                       "total_steps": self.num_server_rounds * self.steps_per_round})
-
-    def to_run_config(self) -> dict[str, Any]:
-        """The flat Flower run config (``secagg-*`` included)."""
-        out = {name.replace("_", "-"): getattr(self, name) for name in type(self).model_fields if name != "secagg"}
-        return {**out, **self.secagg.to_run_config()}
-
-    @classmethod
-    def from_run_config(cls, run_config: Any) -> FedMAPPOSettings:
-        """Reads a Flower run config; missing keys take the defaults.
-
-        Raises:
-            ValueError: one line naming the unknown key or the bad value.
-        """
-        config = dict(run_config)
-        known = {name.replace("_", "-"): name for name in cls.model_fields if name != "secagg"}
-        fields: dict[str, Any] = {}
-        for key, value in config.items():
-            if key.startswith(SECAGG_PREFIX):
-                continue
-            if key not in known:
-                raise ValueError(f"unknown run-config key {key!r} (allowed: {', '.join(known)}, and secagg-*)")
-            fields[known[key]] = value
-        return cls.create(secagg=SecAggParams.from_run_config(config), **fields)
-
-    @classmethod
-    def create(cls, **fields: Any) -> FedMAPPOSettings:
-        """``FedMAPPOSettings(**fields)`` whose validation error is one line naming the field."""
-        try:
-            return cls(**fields)
-        except ValidationError as exc:
-            raise ValueError(first_error(exc)) from None
 
 
 def mappo_config(text: str) -> MAPPOConfig:

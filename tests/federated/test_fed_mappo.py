@@ -25,6 +25,7 @@ from federated.fed_mappo import (
     run_fed_rounds,
     train_site,
 )
+from federated.secure_aggregation import SecAggParams
 from federated.simulation import run_apps
 
 TRAIN = json.dumps({"num_envs": 4, "num_minibatches": 2, "update_epochs": 1, "hidden": 16})
@@ -32,7 +33,7 @@ TRAIN = json.dumps({"num_envs": 4, "num_minibatches": 2, "update_epochs": 1, "hi
 
 def _settings(tmp: Path, **changes) -> FedMAPPOSettings:
     fields = dict(num_server_rounds=2, num_sites=2, local_steps=100, train=TRAIN, eval_episodes=2,
-                  site_dir=str(tmp / "sites"), secagg={"seed": 3, "max_weight": 100})
+                  site_dir=str(tmp / "sites"), secagg=SecAggParams(seed=3, max_weight=100))
     return FedMAPPOSettings.create(**{**fields, **changes})
 
 
