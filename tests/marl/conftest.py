@@ -1,4 +1,4 @@
-"""Makes this directory's helper modules (``marl_toy_envs``) importable under --import-mode=importlib."""
+"""Makes this directory's helper modules (``marl_toy_envs``, ``killed_runs``) importable under --import-mode=importlib."""
 
 import sys
 from pathlib import Path

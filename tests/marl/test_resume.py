@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import yaml
+from killed_runs import cli, kill_when
 
 from experiments.rundir import RunDir
 
@@ -23,37 +19,20 @@ CONFIG = {
 }
 
 
-def _cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.Popen([sys.executable, "-m", "experiments", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
     config = tmp_path / "mappo_tiny.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     full, killed = tmp_path / "full", tmp_path / "killed"
 
     # The run to interrupt: kill it (SIGKILL, no clean-up) once a mid-run checkpoint exists.
-    proc = _cli("run", str(config), "--out", str(killed), "--quiet")
-    try:
-        deadline = time.monotonic() + 300
-        while not RunDir(killed).checkpoint_path.exists() or _updates(killed) < 4:
-            assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = cli("run", str(config), "--out", str(killed), "--quiet")
+    kill_when(proc, lambda: RunDir(killed).checkpoint_path.exists() and _updates(killed) >= 4, "checkpoint")
     interrupted_lines = (killed / "metrics.jsonl").read_text().splitlines()
     assert 0 < _updates(killed) < 20, "the run must have been stopped part-way"
 
-    resumed = _cli("resume", str(killed), "--quiet")
+    resumed = cli("resume", str(killed), "--quiet")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
-    uninterrupted = _cli("run", str(config), "--out", str(full), "--quiet")
+    uninterrupted = cli("run", str(config), "--out", str(full), "--quiet")
     assert uninterrupted.wait(timeout=600) == 0, uninterrupted.stderr.read().decode()[-2000:]
 
     resumed_metrics = (killed / "metrics.jsonl").read_text()

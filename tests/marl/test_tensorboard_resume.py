@@ -3,15 +3,11 @@ uninterrupted run leaves: events written past the checkpoint are purged, not dra
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from killed_runs import cli, kill_when
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -26,12 +22,6 @@ CONFIG = {
     "checkpoint_every": CHECKPOINT_EVERY,
     "log": {"tensorboard": True},
 }
-
-
-def _cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.Popen([sys.executable, "-m", "experiments", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _events(rundir: Path) -> list[tuple[str, int, float]]:
@@ -49,7 +39,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, i
     folder = tmp_path_factory.mktemp("tb_full")
     config = folder / "cfg.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
-    proc = _cli("run", str(config), "--out", str(folder / "run"), "--quiet")
+    proc = cli("run", str(config), "--out", str(folder / "run"), "--quiet")
     assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]
     return _events(folder / "run")
 
@@ -60,24 +50,16 @@ def test_resumed_event_files_equal_an_uninterrupted_run(tmp_path: Path, kill_at:
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     killed = tmp_path / "killed"
-    proc = _cli("run", str(config), "--out", str(killed), "--quiet")
-    try:
-        # SIGKILL once events of a step past the last checkpoint are on disk.
-        deadline = time.monotonic() + 300
-        while not (steps := {s for _, s, _ in _events(killed)}) or max(steps) < kill_at \
-                or max(steps) % CHECKPOINT_EVERY == 0:
-            assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no events within 300 s"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = cli("run", str(config), "--out", str(killed), "--quiet")
+
+    def past_a_checkpoint() -> bool:  # events of a step the last checkpoint does not cover are on disk
+        steps = {s for _, s, _ in _events(killed)}
+        return bool(steps) and max(steps) >= kill_at and max(steps) % CHECKPOINT_EVERY != 0
+
+    kill_when(proc, past_a_checkpoint, "events")
     assert max(s for _, s, _ in _events(killed)) % CHECKPOINT_EVERY != 0  # events past the checkpoint
 
-    resumed = _cli("resume", str(killed), "--quiet")
+    resumed = cli("resume", str(killed), "--quiet")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
     after = _events(killed)
     assert len(after) == len(uninterrupted) and after == uninterrupted
