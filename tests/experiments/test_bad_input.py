@@ -190,15 +190,42 @@ def test_bad_out_paths_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (busy / "x").write_text("keep me too")
     cases = [(a_file, "not a directory"), (Path("/dev/null"), "/dev"), (Path("/proc/agora-run"), "/proc"),
              (a_file / "sub", "not a directory"), (busy, "not empty")]
-    if os.geteuid() != 0:  # root writes anywhere, so only a normal user can see "not writable"
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        cases.append((locked / "run", "not writable"))
+    # An unwritable --out: test_an_unwritable_out_exits_2 (as an unprivileged user).
     for out, message in cases:
         assert main(["run", "rollout_spread", "--out", str(out), "--quiet", "episodes=1"]) == 2, out
         lines = _lines(capsys.readouterr().err)
         assert len(lines) == 1 and message in lines[0], (out, lines)
     assert a_file.read_text() == "keep me" and [p.name for p in busy.iterdir()] == ["x"]
+
+
+def test_an_unwritable_out_exits_2() -> None:
+    """Checked as an unprivileged user: root may write anywhere, so under root the CLI runs as
+    nobody (setpriv) on a folder nobody may write to."""
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="agora-locked-"))
+    try:
+        top.chmod(0o755)  # nobody must reach the locked folder, not write to it
+        locked = top / "locked"
+        locked.mkdir(mode=0o555)
+        cmd = [sys.executable, "-m", "experiments", "run", "rollout_spread", "--out", str(locked / "run"),
+               "--quiet", "episodes=1"]
+        if os.geteuid() == 0:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root without setpriv: no unprivileged user to check with")
+            cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        home = top / "home"  # caches (numba's, matplotlib's) go where that user may write
+        home.mkdir()
+        home.chmod(0o777)
+        env = {**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        lines = _lines(proc.stderr)
+        assert proc.returncode == 2 and len(lines) == 1 and "is not writable" in lines[0], proc.stderr
+        assert list(locked.iterdir()) == []
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_gallery_out_a_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
