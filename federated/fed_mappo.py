@@ -53,7 +53,7 @@ from federated.arrays import from_numpy, to_numpy
 from federated.checkpoint import load_server_checkpoint, save_server_checkpoint
 from federated.secure_aggregation import SecAggParams, SecureAggregation, exchange, first_error
 from federated.secure_mod import secure_agg_mod
-from federated.settings import RunConfigModel
+from federated.settings import FedSettings, RunConfigModel, field_of
 from federated.strategy import RobustFedAvg
 from marl.mappo import MAPPO, MAPPOConfig
 
@@ -81,8 +81,7 @@ class FedMAPPOSettings(RunConfigModel):
                               description="local_ratio of the last site; sites in between are spaced evenly.")
     share_critic: bool = Field(False, description="Average the central critics (and value normalizations) too; "
                                                   "otherwise each site keeps its own critic.")
-    aggregation: Literal["plain", "secure"] = Field(
-        "plain", description="plain: the server sees each site's weights; secure: only their sum.")
+    aggregation: Literal["plain", "secure"] = field_of(FedSettings, "aggregation")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the initial model, every site's run and the evaluation.")
     eval_episodes: int = Field(16, ge=0, le=100_000,
                                description="Greedy episodes per site environment in the server's evaluation every "
@@ -90,13 +89,12 @@ class FedMAPPOSettings(RunConfigModel):
     eval_seed: int = Field(10_000, ge=0, le=2**31 - 1, description="Reset seed of the evaluation worlds.")
     round_timeout: float = Field(300.0, gt=0, le=86_400, allow_inf_nan=False,
                                  description="Seconds the server waits for the sites in one exchange.")
-    checkpoint_dir: str = Field("", description="Folder of the server's per-round checkpoint ('' = none).")
-    resume: bool = Field(False, description="Continue from the checkpoint in checkpoint_dir if there is one.")
+    checkpoint_dir: str = field_of(FedSettings, "checkpoint_dir")
+    resume: bool = field_of(FedSettings, "resume")
     site_dir: str = Field("", description="Folder where each site keeps its own state between rounds (a node's "
                                           "node-config 'site-dir' wins); '' = sites restart from the global "
                                           "weights every round with fresh optimizers.")
-    secagg: SecAggParams = Field(default_factory=SecAggParams,
-                                 description="Secure aggregation's parameters (run-config keys secagg-*).")
+    secagg: SecAggParams = field_of(FedSettings, "secagg")
 
     @field_validator("train")
     @classmethod
