@@ -79,7 +79,25 @@ def _one(cfg: ScaleOutConfig, how: str, n: int) -> dict[str, Any]:
         "ring_s_per_update": ring / updates, "compute_s_per_update": (times[-1] - ring) / updates,
         "grad_floats": out["grad_numel"],
         "allreduces_per_update": 0 if train.workers == 1 else allreduces_per_update(train),
+        "ring_alone_s_per_update": None if train.workers == 1 else ring_alone(train, out["grad_numel"], out["num_agents"]),
     }
+
+
+def ring_alone(train: MAPPOConfig, grad_numel: int, num_agents: int) -> float:
+    """Seconds per update the same all-reduces take on their own (no learner to wait for).
+
+    The learners' ring time includes waiting for the slowest one; this is the transfer alone:
+    the ring on ``workers`` fresh processes, best of 3, for the minibatch gradients (plus the
+    five loss statistics) and the whole-batch gather of advantages, returns and masks.
+    """
+    from capabilities.training.launch import launch
+    from capabilities.training.workers import allreduce_worker
+
+    gather = 3 * train.rollout_steps * train.num_envs * num_agents
+    out = launch(allreduce_worker, train.workers, [grad_numel + 5, gather], ["ring"], 3, timeout_s=300)
+    grad_s = max(o[f"ring/{grad_numel + 5}"]["seconds"] for o in out)
+    gather_s = max(o[f"ring/{gather}"]["seconds"] for o in out)
+    return (allreduces_per_update(train) - 2) * grad_s + gather_s
 
 
 def allreduces_per_update(train: MAPPOConfig) -> int:
@@ -104,7 +122,8 @@ def verdict(runs: dict[str, dict[str, Any]], cores: int, load: float) -> list[st
             lines.append(
                 f"{r['n']} learners: per update each computed {r['compute_s_per_update']:.3f} s (one process: {one:.3f} s, "
                 f"ideal {one / r['n']:.3f} s) and spent {r['ring_s_per_update']:.3f} s in the ring "
-                f"({r['allreduces_per_update']} all-reduces of up to {r['grad_floats']:,} floats, waiting included); "
+                f"({r['allreduces_per_update']} all-reduces of up to {r['grad_floats']:,} floats, waiting included; "
+                f"the same all-reduces alone take {r['ring_alone_s_per_update']:.3f} s); "
                 f"to scale it needs {r['n']} free cores (here {cores}, load {load:.1f}) and ring time well under "
                 f"{one / r['n']:.3f} s per update")
     return lines
@@ -141,6 +160,7 @@ def run_scale_out(cfg: ScaleOutConfig, ctx: RunContext) -> dict[str, Any]:
         if r["how"] == "workers" and r["n"] > 1:
             summary[f"{k}_ring_s_per_update"] = round(r["ring_s_per_update"], 4)
             summary[f"{k}_compute_s_per_update"] = round(r["compute_s_per_update"], 4)
+            summary[f"{k}_ring_alone_s_per_update"] = round(r["ring_alone_s_per_update"], 4)
     summary["verdict"] = verdict(runs, cores, load)
     return summary
 
@@ -174,6 +194,10 @@ def _figure(ctx: RunContext, cfg: ScaleOutConfig, runs: dict[str, dict[str, Any]
     ring = [r["ring_s_per_update"] for r in bars]
     a3.bar(names, comp, label="own compute")
     a3.bar(names, ring, bottom=comp, label="ring all-reduce (incl. waiting)")
+    alone = [(name, c + r["ring_alone_s_per_update"]) for name, c, r in zip(names, comp, bars, strict=True)
+             if r["ring_alone_s_per_update"] is not None]
+    if alone:
+        a3.scatter(*zip(*alone, strict=True), color="k", marker="_", s=600, zorder=3, label="compute + the ring alone")
     a3.set(ylabel="seconds per update", title="Where a learner's update goes")
     a3.legend(fontsize=8)
     ctx.save_figure(fig, "mappo_scale_out")

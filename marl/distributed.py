@@ -109,7 +109,7 @@ def learn(rank: int, world: int, job: LearnerJob) -> dict[str, Any]:
         if eval_env is not None:
             eval_env.close()
     out: dict[str, Any] = {"rank": rank, "metrics": metrics, "evals": evals, "times": times, "allreduce_s": ring,
-                           "grad_numel": sum(p.numel() for p in trainer.learnable.parameters()),
+                           "grad_numel": sum(p.numel() for p in trainer.learnable.parameters()), "num_agents": trainer.num_agents,
                            "threads": torch.get_num_threads()}
     if job.return_parameters:
         out["parameters"] = [p.detach().clone() for p in trainer.learnable.parameters()]

@@ -122,3 +122,24 @@ def test_shards_of_the_batched_env_start_and_restart_as_the_whole_batch() -> Non
         assert torch.allclose(want, got, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="shard"):
         VecSimpleSpread(3, shard=(4, 5))
+
+
+def test_the_scale_out_kind_compares_learners_and_threads_on_one_learning_curve(tmp_path: Path) -> None:
+    from experiments import runner
+
+    out = tmp_path / "scale"
+    runner.run("mappo_scale_out", out=out, quiet=True, overrides=[
+        "train.num_envs=8", "train.rollout_steps=25", "train.total_steps=400", "train.num_minibatches=2",
+        "train.update_epochs=1", "counts=[1,2]", "eval_every=1", "eval_episodes=4"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    curves: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        curves.setdefault((r["how"], r["n"]), []).append(r["greedy_return"])
+    assert set(curves) == {("workers", 1), ("workers", 2), ("threads", 2)}
+    # Learners and threads change the clock, not the learning: one curve (float32, other summation orders).
+    for curve in curves.values():
+        assert curve == pytest.approx(curves["workers", 1], abs=1e-4)
+    summary = json.loads((out / "summary.json").read_text())["headline"]
+    assert summary["workers_2_ring_s_per_update"] > 0 and summary["workers_2_ring_alone_s_per_update"] > 0
+    assert any(line.startswith("2 learners: per update") for line in summary["verdict"])
+    assert (out / "figures" / "mappo_scale_out.png").stat().st_size > 0
