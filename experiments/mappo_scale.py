@@ -140,8 +140,9 @@ def run_scale_out(cfg: ScaleOutConfig, ctx: RunContext) -> dict[str, Any]:
             continue
         r = _one(cfg, how, n)
         # The learning itself is deterministic (metrics); every wall-clock number is a timing.
-        for _, steps, ret in r["curve"]:
+        for seconds, steps, ret in r["curve"]:
             ctx.log(how=how, n=n, env_steps=steps, greedy_return=ret)
+            ctx.log_timing(how=how, n=n, env_steps=steps, seconds=seconds, greedy_return=ret)
         ctx.log_timing(how=how, n=n, env_steps_per_s=r["env_steps_per_s"], seconds_to_target=r["seconds_to_target"],
                        compute_s_per_update=r["compute_s_per_update"], ring_s_per_update=r["ring_s_per_update"],
                        load_average=os.getloadavg()[0])
