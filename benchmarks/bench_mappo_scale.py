@@ -7,7 +7,8 @@ one process with N torch threads against the same reference. Each case trains th
 budget from the same seed (the learners take one process's optimizer steps), on local
 processes started by the project's launcher; the clock runs from the first update to the last
 (process start-up left out). Each line also says how a learner's update splits into its own
-compute and its time in the ring (waiting included), the cores and the load average: on a
+compute and its time in the ring (waiting included), its CPU seconds per update (its own work,
+whatever the other tenants take), the cores and the load average: on a
 machine with fewer free cores than processes, scale-out cannot win, and the line shows it.
 """
 
@@ -27,7 +28,8 @@ def rate(cfg: MAPPOConfig, seed: int = 0) -> dict[str, float]:
     steps = outs[0]["metrics"][-1]["env_steps"]
     ring = max(o["allreduce_s"][-1] for o in outs)
     return {"steps_per_s": steps / times[-1], "wall_s": times[-1], "env_steps": steps,
-            "ring_s_per_update": ring / len(times), "compute_s_per_update": (times[-1] - ring) / len(times)}
+            "ring_s_per_update": ring / len(times), "compute_s_per_update": (times[-1] - ring) / len(times),
+            "cpu_s_per_update": max(o["cpu_s"][-1] for o in outs) / len(times)}
 
 
 def main() -> None:
@@ -47,6 +49,7 @@ def main() -> None:
                  reference_name="one process, one thread, same budget and seed", how=how, n=n, cores=cores,
                  budget_steps=r["env_steps"], wall_s=round(r["wall_s"], 2),
                  compute_s_per_update=round(r["compute_s_per_update"], 4), ring_s_per_update=round(r["ring_s_per_update"], 4),
+                 cpu_s_per_update=round(r["cpu_s_per_update"], 4),
                  load_average=round(os.getloadavg()[0], 2))
 
 

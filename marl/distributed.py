@@ -66,7 +66,8 @@ def learn(rank: int, world: int, job: LearnerJob) -> dict[str, Any]:
 
     Returns:
         ``rank``; ``metrics`` (each update's, the same on every rank), ``evals`` (rank 0),
-        ``times`` (wall seconds at the end of each update, evaluations left out),
+        ``times`` (wall seconds at the end of each update, evaluations left out), ``cpu_s``
+        (this process's CPU seconds at the same points: its work, whatever the other tenants),
         ``allreduce_s`` (seconds in the ring after each update, waiting for the others
         included), ``grad_numel`` (floats summed per minibatch) and with
         ``return_parameters`` the final ``parameters`` (list of tensors).
@@ -88,27 +89,29 @@ def learn(rank: int, world: int, job: LearnerJob) -> dict[str, Any]:
     eval_env = make_batched_env(cfg, job.eval_episodes, job.eval_seed) if evaluating else None
     teams = {name: sorted(idx) for name, idx in trainer.teams.items()}
     updates = trainer.num_updates if job.updates is None else job.updates
-    metrics, evals, times, ring = [], [], [], []
+    metrics, evals, times, ring, cpu = [], [], [], [], []
     paused = 0.0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         for _ in range(updates):
             m = trainer.train_iteration()
             times.append(time.perf_counter() - t0 - paused)
+            cpu.append(time.process_time() - c0)
             ring.append(trainer.allreduce_seconds)
             metrics.append(m)
             u = m["update"]
             if evaluating and (u % job.eval_every == 0 or u == updates):
-                t_eval = time.perf_counter()
+                t_eval, c_eval = time.perf_counter(), time.process_time()
                 evals.append({"update": u, "env_steps": m["env_steps"], **evaluate(agent.act, eval_env, job.eval_seed, teams)})
                 paused += time.perf_counter() - t_eval
+                c0 += time.process_time() - c_eval
         if rank == 0 and job.policy_dir is not None:
             trainer.save_policy(job.policy_dir)
     finally:
         trainer.env.close()
         if eval_env is not None:
             eval_env.close()
-    out: dict[str, Any] = {"rank": rank, "metrics": metrics, "evals": evals, "times": times, "allreduce_s": ring,
+    out: dict[str, Any] = {"rank": rank, "metrics": metrics, "evals": evals, "times": times, "cpu_s": cpu, "allreduce_s": ring,
                            "grad_numel": sum(p.numel() for p in trainer.learnable.parameters()), "num_agents": trainer.num_agents,
                            "threads": torch.get_num_threads()}
     if job.return_parameters:
