@@ -8,6 +8,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
+
+#: A MAPPO run small enough to kill part-way and resume in seconds (20 updates, checkpoint every 3).
+TINY_MAPPO: dict[str, Any] = {
+    "kind": "mappo",
+    "seed": 3,
+    "train": {"num_envs": 4, "rollout_steps": 25, "total_steps": 2000, "update_epochs": 1, "num_minibatches": 1},
+    "eval_every": 4,
+    "eval_episodes": 4,
+    "checkpoint_every": 3,
+}
 
 
 def cli(*args: str) -> subprocess.Popen:

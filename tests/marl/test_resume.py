@@ -5,18 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from killed_runs import cli, kill_when
+from killed_runs import TINY_MAPPO, cli, kill_when
 
 from experiments.rundir import RunDir
 
-CONFIG = {
-    "kind": "mappo",
-    "seed": 3,
-    "train": {"num_envs": 4, "rollout_steps": 25, "total_steps": 2000, "update_epochs": 1, "num_minibatches": 1},
-    "eval_every": 4,
-    "eval_episodes": 4,
-    "checkpoint_every": 3,
-}
+CONFIG = TINY_MAPPO
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:

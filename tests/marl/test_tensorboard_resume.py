@@ -7,21 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from killed_runs import cli, kill_when
+from killed_runs import TINY_MAPPO, cli, kill_when
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-CHECKPOINT_EVERY = 3
-CONFIG = {
-    "kind": "mappo",
-    "seed": 3,
-    "train": {"num_envs": 4, "rollout_steps": 25, "total_steps": 2000, "update_epochs": 1, "num_minibatches": 1},
-    "eval_every": 4,
-    "eval_episodes": 4,
-    "checkpoint_every": CHECKPOINT_EVERY,
-    "log": {"tensorboard": True},
-}
+CHECKPOINT_EVERY = TINY_MAPPO["checkpoint_every"]
+CONFIG = {**TINY_MAPPO, "log": {"tensorboard": True}}
 
 
 def _events(rundir: Path) -> list[tuple[str, int, float]]:
