@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
@@ -50,7 +50,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from envs.files import atomic_write_bytes
 from federated.arrays import from_numpy, to_numpy
-from federated.checkpoint import load_server_checkpoint, save_server_checkpoint
+from federated.checkpoint import load_server_checkpoint
 from federated.secure_aggregation import SecAggParams, SecureAggregation, exchange, first_error
 from federated.secure_mod import secure_agg_mod
 from federated.settings import FedSettings, RunConfigModel, field_of
@@ -364,52 +364,37 @@ def run_fed_rounds(grid: Grid, settings: FedMAPPOSettings, on_round: Callable[[d
         ``error_bound``, and under ``timing`` ``round_seconds``, ``bytes_out``, ``bytes_in``.
 
     Raises:
-        RuntimeError: a round in which not every site replied (the checkpoint of the previous
+        TooFewReplies: a round in which not every site replied (the checkpoint of the previous
             round is kept).
     """
-    from federated.server_app import wait_for_nodes
+    from federated.server_app import fedavg_rounds
 
     strategy = strategy or make_strategy(settings)
     evaluator = PooledEvaluator(settings) if settings.eval_episodes else None
     grid = grid if isinstance(grid, RecordingGrid) else RecordingGrid(grid)
-    state = load_server_checkpoint(settings.checkpoint_dir) if settings.checkpoint_dir and settings.resume else None
-    if state is not None:
-        weights, history, start = state["weights"], list(state["history"]), state["round"] + 1
-    else:
-        weights = initial_weights(settings)
-        history = [{"round": 0, "env_steps": 0, **(evaluator(weights) if evaluator else {}), "replies": 0,
-                    "timing": {}}]
-        start = 1
-        if settings.checkpoint_dir:
-            save_server_checkpoint(settings.checkpoint_dir, 0, weights, history)
-        if on_round:
-            on_round(history[0])
-    for server_round in range(start, settings.num_server_rounds + 1):
-        t0, out0, in0 = time.perf_counter(), grid.bytes_out, grid.bytes_in
-        wait_for_nodes(grid, settings.num_sites, settings.round_timeout)  # type: ignore[arg-type]
-        config = ConfigRecord({"server-round": server_round})
-        messages = list(strategy.configure_train(server_round, from_numpy(weights), config, grid))  # type: ignore[arg-type]
-        replies = exchange(grid, messages, settings.round_timeout)  # type: ignore[arg-type]
-        arrays, _ = strategy.aggregate_train(server_round, replies)
-        secure = getattr(strategy, "last_round", None)
-        ok = int(secure.survivors) if settings.aggregation == "secure" else sum(not m.has_error() for m in replies)
-        if arrays is None or ok < settings.num_sites:
-            raise RuntimeError(f"round {server_round}: {ok} of {settings.num_sites} sites replied; stopping "
-                               f"(the checkpoint of round {server_round - 1} is kept)")
-        weights = to_numpy(arrays)
+    sent = {"out": grid.bytes_out, "in": grid.bytes_in}  # the byte counters at the last record
+
+    def round_zero(weights: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"env_steps": 0, **(evaluator(weights) if evaluator else {}), "replies": 0, "timing": {}}
+
+    def record(server_round: int, weights: dict[str, np.ndarray], new_arrays: Any, train_metrics: Any,
+               tally: dict[str, Any], t0: float) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
-        record = {"round": server_round, "env_steps": server_round * settings.num_sites * settings.steps_per_round,
-                  **(evaluator(weights) if evaluator else {}), "replies": ok}
+        out = {"env_steps": server_round * settings.num_sites * settings.steps_per_round,
+               **(evaluator(weights) if evaluator else {}), "replies": tally["replies"]}
         if settings.aggregation == "secure":
-            record["error_bound"] = float(secure.error_bound)
-        record["timing"] = {"round_seconds": seconds, "bytes_out": grid.bytes_out - out0,
-                            "bytes_in": grid.bytes_in - in0}
-        history.append(record)
-        if settings.checkpoint_dir:
-            save_server_checkpoint(settings.checkpoint_dir, server_round, weights, history)
-        if on_round:
-            on_round(record)
-    return {"weights": weights, "history": history}
+            out["error_bound"] = float(tally["secure"]["error_bound"])
+        out["timing"] = {"round_seconds": seconds, "bytes_out": grid.bytes_out - sent["out"],
+                         "bytes_in": grid.bytes_in - sent["in"]}
+        sent["out"], sent["in"] = grid.bytes_out, grid.bytes_in
+        return out
+
+    # Every site in every round: a site's experience is its own, no other site stands in for it.
+    return fedavg_rounds(grid, strategy, num_rounds=settings.num_server_rounds,  # type: ignore[arg-type]
+                         min_replies=settings.num_sites, round_timeout=settings.round_timeout,
+                         checkpoint_dir=settings.checkpoint_dir, resume=settings.resume,
+                         initial=lambda: initial_weights(settings), round_zero=round_zero,
+                         nodes=lambda server_round, start: settings.num_sites, record=record, on_round=on_round)
 
 
 def make_server_app(overrides: dict[str, Any] | None = None, sink: list[Any] | None = None,

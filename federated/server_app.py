@@ -162,6 +162,66 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+#: Builds a round's record after aggregation: (round, new weights, new arrays, train metrics,
+#: tally of the replies, round start time) -> the record's fields after ``round``.
+RoundRecord = Callable[[int, dict[str, np.ndarray], Any, Any, dict[str, Any], float], dict[str, Any]]
+
+
+def fedavg_rounds(grid: Grid, strategy: Strategy, *, num_rounds: int, min_replies: int, round_timeout: float,
+                  checkpoint_dir: str, resume: bool, initial: Callable[[], dict[str, np.ndarray]],
+                  round_zero: Callable[[dict[str, np.ndarray]], dict[str, Any]],
+                  nodes: Callable[[int, int], int], record: RoundRecord,
+                  on_round: RoundCallback | None = None) -> dict[str, Any]:
+    """The one FedAvg round loop, plain or secure (whatever ``strategy`` is), with checkpoints.
+
+    Every round: wait for ``nodes(round, first round of this process)`` SuperNodes, send the
+    global weights through ``strategy.configure_train``, collect the replies, aggregate, check
+    ``min_replies``, and checkpoint the new weights, the history and the strategy's own state
+    (npz + JSON), so that ``resume`` continues where an interrupted run stopped. What a
+    round's record holds beside ``round`` is the caller's (``round_zero`` for the start,
+    ``record`` for every round): the FedAvg on digits records test accuracy, federated MAPPO
+    its return.
+
+    Returns:
+        ``{"weights": final {name: array}, "history": [record per round, round 0 first]}``.
+
+    Raises:
+        TooFewReplies: when a round has fewer than ``min_replies`` successes; the checkpoint of
+            the previous round stays as it was.
+    """
+    state = load_server_checkpoint(checkpoint_dir) if checkpoint_dir and resume else None
+    if state is not None:
+        weights, history, start = state["weights"], list(state["history"]), state["round"] + 1
+        load_strategy_state(strategy, state["state"])
+    else:
+        weights = initial()
+        history = [{"round": 0, **round_zero(weights)}]
+        start = 1
+        if checkpoint_dir:
+            save_server_checkpoint(checkpoint_dir, 0, weights, history)
+        if on_round:
+            on_round(history[0])
+    for server_round in range(start, num_rounds + 1):
+        t0 = time.perf_counter()
+        wait_for_nodes(grid, nodes(server_round, start), round_timeout)
+        messages = list(strategy.configure_train(server_round, from_numpy(weights), ConfigRecord(), grid))
+        replies = _exchange(grid, messages, round_timeout)
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        tally = _tally(len(messages), replies, strategy)
+        if new_arrays is None or tally["replies"] < min_replies:
+            raise TooFewReplies(
+                f"round {server_round}: {tally['replies']} of {len(messages)} clients replied successfully, "
+                f"fewer than min_replies={min_replies}; stopping (the checkpoint of round "
+                f"{server_round - 1} is kept)")
+        weights = to_numpy(new_arrays)
+        history.append({"round": server_round, **record(server_round, weights, new_arrays, train_metrics, tally, t0)})
+        if checkpoint_dir:
+            save_server_checkpoint(checkpoint_dir, server_round, weights, history, strategy_state(strategy))
+        if on_round:
+            on_round(history[-1])
+    return {"weights": weights, "history": history}
+
+
 def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None = None, *,
                strategy: Strategy | None = None) -> dict[str, Any]:
     """Runs FedAvg for ``settings.num_server_rounds`` rounds on ``grid``, plain or secure.
@@ -186,36 +246,19 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
             effect.
     """
     strategy = strategy if strategy is not None else make_strategy(settings)
-    state = load_server_checkpoint(settings.checkpoint_dir) if settings.checkpoint_dir and settings.resume else None
-    if state is not None:
-        weights, history, start = state["weights"], list(state["history"]), state["round"] + 1
-        load_strategy_state(strategy, state["state"])
-    else:
-        weights = initial_weights(settings)
+
+    def round_zero(weights: dict[str, np.ndarray]) -> dict[str, Any]:
         test_loss, test_acc = evaluate_global(settings, weights)
-        history = [{"round": 0, "train_loss": None, "test_loss": test_loss, "test_acc": test_acc,
-                    "replies": 0, "failures": 0, "eval_acc": None, "timing": {}}]
-        start = 1
-        if settings.checkpoint_dir:
-            save_server_checkpoint(settings.checkpoint_dir, 0, weights, history)
-        if on_round:
-            on_round(history[0])
-    for server_round in range(start, settings.num_server_rounds + 1):
-        t0 = time.perf_counter()
+        return {"train_loss": None, "test_loss": test_loss, "test_acc": test_acc, "replies": 0, "failures": 0,
+                "eval_acc": None, "timing": {}}
+
+    def nodes(server_round: int, start: int) -> int:
         # All nodes before the first round (they may still be registering); after it, the
         # nodes left are enough while they can meet min_replies (a dead one is not awaited).
-        wait_for_nodes(grid, settings.num_partitions if server_round == start else settings.min_replies,
-                       settings.round_timeout)
-        messages = list(strategy.configure_train(server_round, from_numpy(weights), ConfigRecord(), grid))
-        replies = _exchange(grid, messages, settings.round_timeout)
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        tally = _tally(len(messages), replies, strategy)
-        if new_arrays is None or tally["replies"] < settings.min_replies:
-            raise TooFewReplies(
-                f"round {server_round}: {tally['replies']} of {len(messages)} clients replied successfully, "
-                f"fewer than min_replies={settings.min_replies}; stopping (the checkpoint of round "
-                f"{server_round - 1} is kept)")
-        weights = to_numpy(new_arrays)
+        return settings.num_partitions if server_round == start else settings.min_replies
+
+    def record(server_round: int, weights: dict[str, np.ndarray], new_arrays: Any, train_metrics: Any,
+               tally: dict[str, Any], t0: float) -> dict[str, Any]:
         eval_acc = None
         if settings.fraction_evaluate > 0:
             eval_msgs = strategy.configure_evaluate(server_round, new_arrays, ConfigRecord(), grid)
@@ -224,8 +267,10 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
             if eval_metrics is not None and "eval_acc" in eval_metrics:
                 eval_acc = float(eval_metrics["eval_acc"])
         test_loss, test_acc = evaluate_global(settings, weights)
-        record = {
-            "round": server_round,
+        # Flower's log: what `flwr run --stream` shows of each round.
+        log(INFO, "round %d/%d: test_acc %s, test_loss %s, %d replies, %d failures", server_round,
+            settings.num_server_rounds, _fmt(test_acc), _fmt(test_loss), tally["replies"], tally["failures"])
+        return {
             "train_loss": float(train_metrics["train_loss"]) if train_metrics and "train_loss" in train_metrics
             else None,
             "test_loss": test_loss,
@@ -236,15 +281,11 @@ def run_rounds(grid: Grid, settings: FedSettings, on_round: RoundCallback | None
             **tally["secure"],
             "timing": {"round_seconds": time.perf_counter() - t0, "slowest_client_seconds": tally["slowest"]},
         }
-        history.append(record)
-        # Flower's log: what `flwr run --stream` shows of each round.
-        log(INFO, "round %d/%d: test_acc %s, test_loss %s, %d replies, %d failures", server_round,
-            settings.num_server_rounds, _fmt(test_acc), _fmt(test_loss), tally["replies"], tally["failures"])
-        if settings.checkpoint_dir:
-            save_server_checkpoint(settings.checkpoint_dir, server_round, weights, history, strategy_state(strategy))
-        if on_round:
-            on_round(record)
-    return {"weights": weights, "history": history}
+
+    return fedavg_rounds(grid, strategy, num_rounds=settings.num_server_rounds, min_replies=settings.min_replies,
+                         round_timeout=settings.round_timeout, checkpoint_dir=settings.checkpoint_dir,
+                         resume=settings.resume, initial=lambda: initial_weights(settings), round_zero=round_zero,
+                         nodes=nodes, record=record, on_round=on_round)
 
 
 def make_server_app(overrides: dict[str, Any] | None = None, sink: list[Any] | None = None,
