@@ -198,34 +198,27 @@ def test_bad_out_paths_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert a_file.read_text() == "keep me" and [p.name for p in busy.iterdir()] == ["x"]
 
 
-def test_an_unwritable_out_exits_2() -> None:
-    """Checked as an unprivileged user: root may write anywhere, so under root the CLI runs as
-    nobody (setpriv) on a folder nobody may write to."""
+def test_an_unwritable_out_exits_2(tmp_path: Path) -> None:
+    """A folder the user may not write to. Root may write to any folder on a writable file
+    system, so under root the folder is a read-only tmpfs mounted in a private mount namespace."""
     import shutil
-    import tempfile
 
-    top = Path(tempfile.mkdtemp(prefix="agora-locked-"))
-    try:
-        top.chmod(0o755)  # nobody must reach the locked folder, not write to it
-        locked = top / "locked"
-        locked.mkdir(mode=0o555)
-        cmd = [sys.executable, "-m", "experiments", "run", "rollout_spread", "--out", str(locked / "run"),
-               "--quiet", "episodes=1"]
-        if os.geteuid() == 0:
-            setpriv = shutil.which("setpriv")
-            if setpriv is None:
-                pytest.skip("running as root without setpriv: no unprivileged user to check with")
-            cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-        home = top / "home"  # caches (numba's, matplotlib's) go where that user may write
-        home.mkdir()
-        home.chmod(0o777)
-        env = {**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        lines = _lines(proc.stderr)
-        assert proc.returncode == 2 and len(lines) == 1 and "is not writable" in lines[0], proc.stderr
-        assert list(locked.iterdir()) == []
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    cmd = [sys.executable, "-m", "experiments", "run", "rollout_spread", "--out", str(locked / "run"), "--quiet",
+           "episodes=1"]
+    if os.geteuid() == 0:
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            pytest.skip("running as root without unshare: no read-only folder to check with")
+        quoted = " ".join(f"'{c}'" for c in cmd)
+        cmd = [unshare, "-m", "sh", "-c", f"mount -t tmpfs -o ro tmpfs '{locked}' || exit 99; exec {quoted}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode == 99:
+        pytest.skip(f"no private read-only mount here: {proc.stderr.strip()[:200]}")
+    lines = _lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1 and "is not writable" in lines[0], proc.stderr
+    assert list(locked.iterdir()) == []
 
 
 def test_gallery_out_a_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
