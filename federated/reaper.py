@@ -16,9 +16,11 @@ group does not take it along) that
 * records the watched process's descendants every ``poll_s`` (by parent pid, with each
   process's start time so that a reused pid is never mistaken for one of them), since an
   orphan's parent pid no longer leads back to it;
-* on end-of-file, if the watched process is gone, sends SIGTERM to every recorded process and
-  to every process group one of them leads, waits ``grace_s``, then sends SIGKILL; if the watched
-  process is alive (it left the ``with`` block), the guard exits without touching anything.
+* on end-of-file, unless the watched process wrote ``done`` into the pipe first (it left the
+  ``with`` block), sends SIGTERM to every recorded process and to every process group one of
+  them leads, waits ``grace_s``, then sends SIGKILL. (The word, not a look at the watched
+  process: the kernel closes a dying process's files before it becomes a zombie, so at
+  end-of-file a killed process may still look alive in /proc.)
 
 Processes are found by parent pid, process group and start time, never by name.
 """
@@ -107,20 +109,27 @@ def stop_processes(recorded: dict[int, int], grace_s: float = 3.0) -> None:
             time.sleep(0.05)
 
 
+#: What the watched process writes into the pipe when it leaves the ``with`` block alive.
+DONE = b"done"
+
+
 def _guard(watched: int, poll_s: float, grace_s: float) -> None:
     """The guard's loop: ``watched``'s end is end-of-file on stdin."""
     import selectors
 
     recorded: dict[int, int] = {}
+    said = b""
     sel = selectors.DefaultSelector()
     sel.register(sys.stdin.fileno(), selectors.EVENT_READ)
     while True:
         recorded.update(descendants(watched))
         recorded.pop(os.getpid(), None)
         if sel.select(timeout=poll_s):
-            if not os.read(sys.stdin.fileno(), 4096):
+            data = os.read(sys.stdin.fileno(), 4096)
+            if not data:
                 break
-    if _stat(watched) is None:
+            said += data
+    if DONE not in said:  # the watched process died inside the block
         recorded.pop(os.getpid(), None)
         stop_processes(recorded, grace_s)
 
@@ -152,6 +161,7 @@ class ProcessGuard:
 
     def __exit__(self, *exc: Any) -> None:
         if self._write_fd is not None:
+            os.write(self._write_fd, DONE)  # a normal exit: the guard leaves everything alone
             os.close(self._write_fd)
             self._write_fd = None
         if self.proc is not None:
