@@ -6,7 +6,7 @@ numbers), and returns one line with the run's headline number. Where a run recor
 for the picture (a block table, a masked vector, a scheduler's timeline), the card replays the
 run's own library call on the run's own config, at a size that takes milliseconds.
 
-A card whose run is missing, or whose run cannot be drawn, gets a placeholder picture that
+A card whose run is missing, or whose run cannot be drawn, gets a "no run" picture that
 says so; the page never fails because one run is absent.
 """
 
@@ -193,7 +193,7 @@ def draw_axes(fig: Any, runs: list[Run]) -> str:
 
 
 def draw_all(runs: list[Run], folder: Path) -> list[Drawn]:
-    """Draws every card into ``folder``; a missing or broken run gives a placeholder card."""
+    """Draws every card into ``folder``; a missing or broken run gives a "no run" card."""
     plt = _plt()
     folder.mkdir(parents=True, exist_ok=True)
     out: list[Drawn] = []
@@ -208,21 +208,21 @@ def draw_all(runs: list[Run], folder: Path) -> list[Drawn]:
             elif run is None:
                 ok = False
                 line = f"no complete run of kind {' or '.join(card.kinds)} here: `agora run {card.configs[0]}` makes one"
-                _placeholder(fig, "no run", line)
+                _no_run_card(fig, "no run", line)
             else:
                 line = card.draw(run, fig)
         except Exception as exc:  # noqa: BLE001 -- one run's odd data must not take the page down
             ok = False
             fig.clear()
             line = f"could not draw from {run.name if run else 'the runs'}: {type(exc).__name__}: {exc}"
-            _placeholder(fig, "not drawn", line)
+            _no_run_card(fig, "not drawn", line)
         fig.savefig(image, dpi=DPI)
         plt.close(fig)
         out.append(Drawn(card, image, run, line, ok))
     return out
 
 
-def _placeholder(fig: Any, word: str, line: str) -> None:
+def _no_run_card(fig: Any, word: str, line: str) -> None:
     import textwrap
 
     ax = fig.subplots()

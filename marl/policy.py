@@ -264,7 +264,7 @@ class GroupPolicy:
             return dist.mean + dist.stddev * noise
         probs = dist.probs
         if self.rows is not None:
-            # Each row's draw depends on its own probabilities only: the other rows are placeholders.
+            # Each row's draw depends on its own probabilities only: the other rows are filler never used.
             full = probs.new_full((total, *probs.shape[1:]), 1.0 / probs.shape[-1])
             full[lo:hi] = probs
             probs = full

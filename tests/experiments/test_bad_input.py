@@ -209,13 +209,11 @@ def test_an_unwritable_out_exits_2(tmp_path: Path) -> None:
            "episodes=1"]
     if os.geteuid() == 0:
         unshare = shutil.which("unshare")
-        if unshare is None:
-            pytest.skip("running as root without unshare: no read-only folder to check with")
+        assert unshare is not None, "root needs unshare (util-linux) to mount a read-only folder"
         quoted = " ".join(f"'{c}'" for c in cmd)
         cmd = [unshare, "-m", "sh", "-c", f"mount -t tmpfs -o ro tmpfs '{locked}' || exit 99; exec {quoted}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if proc.returncode == 99:
-        pytest.skip(f"no private read-only mount here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode != 99, f"no private read-only mount: {proc.stderr.strip()[:200]}"
     lines = _lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1 and "is not writable" in lines[0], proc.stderr
     assert list(locked.iterdir()) == []

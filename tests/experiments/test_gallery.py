@@ -81,7 +81,7 @@ def test_card_numbers_come_from_the_run(tmp_path):
     assert not drawn["ring"].ok and "agora run ring_allreduce" in drawn["ring"].line
 
 
-def test_a_run_the_card_cannot_read_gives_a_placeholder_not_a_crash(tmp_path):
+def test_a_run_the_card_cannot_read_gives_a_no_run_card_not_a_crash(tmp_path):
     rd = runner.run("shuffle_wordcount", out=tmp_path / "s", overrides=["num_partitions=2", "map_tasks=1", "workers=0"],
                     quiet=True)
     rd.metrics_path.write_text("")  # a run whose lines are gone

@@ -2,7 +2,7 @@
 
 The page is built from tiny real runs (a tour of tiny budgets) of every card's kind but the
 federated one, whose Flower-on-Ray run takes longer than a test should: its card must then say
-the run is missing, with a placeholder picture, and the page must not fail. The browser checks
+the run is missing, with a "no run" picture, and the page must not fail. The browser checks
 that every card's image decodes (naturalWidth > 0), that each card's link lands on its section,
 that the console logged no error, and takes a screenshot into the tour directory.
 """
