@@ -56,6 +56,11 @@ class VecSimpleSpread:
         shard: ``(start, total)``: these are environments ``start..start+num_envs-1`` of a batch
             of ``total`` (a data-parallel learner's shard); resets draw for the whole batch and
             keep these rows, so the shards start where the whole batch would. Default None.
+        landmark_range: ``(low, high)``: each landmark coordinate is drawn uniformly from it
+            (agents still start in [-1, 1]^2). Default (-1.0, 1.0), mpe2's placement; a
+            federated site may place its landmarks elsewhere (non-IID sites). The attributes
+            ``landmark_mid`` and ``landmark_half`` may be set to [B, 1, 1] tensors to give each
+            world its own range (a union of sites in one batch).
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class VecSimpleSpread:
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
         shard: tuple[int, int] | None = None,
+        landmark_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
         if not isinstance(N, int) or N < 1:
             raise ValueError(f"N must be a positive integer, got {N!r}")
@@ -79,6 +85,12 @@ class VecSimpleSpread:
             raise ValueError(f"max_cycles must be a positive integer, got {max_cycles!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        try:
+            low, high = (float(v) for v in landmark_range)
+        except (TypeError, ValueError):
+            low = high = float("nan")
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise ValueError(f"landmark_range must be two finite numbers (low, high) with low < high, got {landmark_range!r}")
         start, total = shard if shard is not None else (0, num_envs)
         if not 0 <= start <= total - num_envs:
             raise ValueError(f"shard (start, total) = {shard!r} must hold start..start+num_envs-1 = {start}..{start + num_envs - 1} in 0..total-1")
@@ -86,6 +98,10 @@ class VecSimpleSpread:
         self.num_envs = num_envs
         self.num_agents = N
         self.local_ratio = float(local_ratio)
+        # Landmark coordinates are mid + half * u with u uniform in [-1, 1] (the default range
+        # gives mid 0, half 1: the draws themselves, as before the range existed).
+        self.landmark_mid: float | torch.Tensor = (low + high) / 2
+        self.landmark_half: float | torch.Tensor = (high - low) / 2
         self.max_cycles = max_cycles
         self.continuous_actions = continuous_actions
         self.terminate_on_success = terminate_on_success
@@ -151,7 +167,8 @@ class VecSimpleSpread:
         draw = torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)[start:start + self.num_envs] * 2 - 1
         m = mask.view(-1, 1, 1)
         self.agent_pos = torch.where(m, draw[:, : self.num_agents], self.agent_pos)
-        self.landmark_pos = torch.where(m, draw[:, self.num_agents :], self.landmark_pos)
+        self.landmark_pos = torch.where(m, draw[:, self.num_agents :] * self.landmark_half + self.landmark_mid,
+                                        self.landmark_pos)
         self.agent_vel = torch.where(m, torch.zeros_like(self.agent_vel), self.agent_vel)
         self.steps = torch.where(mask, torch.zeros_like(self.steps), self.steps)
         self._pairs = None

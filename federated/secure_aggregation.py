@@ -70,7 +70,7 @@ from flwr.serverapp.strategy import Strategy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from federated.arrays import from_numpy, to_numpy
-from secure_agg import Quantization, SecAggError, SecAggServer
+from secure_agg import Quantization, Quantizer, SecAggError, SecAggServer
 from secure_agg.wire import peek_signed
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,32 @@ def unflatten(vector: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.n
     if pos != vector.size:
         raise ValueError(f"vector has {vector.size} entries, the model {pos}")
     return out
+
+
+def decode_sum(total: np.ndarray, quantizer: Quantizer, count: int, max_weight: int,
+               size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes the survivors' unmasked sum of :func:`federated.secure_mod.client_vector` words.
+
+    The clients' rounded integers were summed exactly; the shifts come off in integer
+    arithmetic and the summed weights (``total_examples / max_weight``, the last word's
+    count) divide once. With a power-of-two scale and dyadic weights (``max_weight`` a power
+    of two, or every client's ``num_examples`` equal to it), entries quantized without
+    rounding give the float64 weighted mean rounded once; for two equal-weight clients its
+    float32 cast is bit for bit Flower FedAvg's float32 mean ``x1 * 0.5 + x2 * 0.5``.
+
+    Args:
+        total: The unmasked sum: ``size`` weighted entries, the metric words, the example count.
+        quantizer: The session's quantization.
+        count: Clients summed (the survivors).
+        max_weight: ``secagg-max-weight`` (``w_k = n_k / max_weight``).
+        size: Entries of the model.
+
+    Returns:
+        ``(average, metric_sums)``: the example-weighted mean of the model entries (float64)
+        and the float sums of the metric words (weighted value, weight per metric).
+    """
+    average = quantizer.dequantize(total[:size], count, int(total[-1]) / max_weight)
+    return average, quantizer.dequantize(total[size:-1], count)
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
@@ -588,14 +614,8 @@ class SecureAggregation(Strategy):
         total_examples = int(total[-1])
         if total_examples < 1:
             raise SecAggError(f"the survivors report {total_examples} examples in total; nothing to average")
-        scale = self.params.max_weight / total_examples
         size = sum(int(v.size) for v in self._like.values())
-        # Dequantize (sum / q - count * clip, as Quantizer.dequantize) and divide by the summed
-        # weights in one pass over the model.
-        average = total[:size].astype(np.float64)
-        average *= scale / quantizer.scale
-        average -= count * self.params.clip * scale
-        summed = quantizer.dequantize(total[size:-1], count)
+        average, summed = decode_sum(total, quantizer, count, self.params.max_weight, size)
         metrics: dict[str, Any] = {self.weight_key: total_examples}
         for i, name in enumerate(self.metrics):
             value, weight = summed[2 * i], summed[2 * i + 1]
@@ -605,7 +625,7 @@ class SecureAggregation(Strategy):
         self.last_round.survivors, self.last_round.dropped = count, len(server.dropped)
         self.last_round.survivor_ids = list(server.survivors)
         self.last_round.total_examples = total_examples
-        self.last_round.error_bound = quantizer.error_bound(count) * scale
+        self.last_round.error_bound = quantizer.error_bound(count) * self.params.max_weight / total_examples
         arrays = unflatten(average, self._like)
         reply = Message(content=RecordDict({self.array_key: from_numpy(arrays),
                                             "metrics": MetricRecord(metrics)}),

@@ -59,6 +59,7 @@ from federated.secure_aggregation import (
 )
 from secure_agg import Quantization, SecAggClient, SecAggError
 from secure_agg.prg import word_dtype
+from secure_agg.quantize import quantize_into
 
 STATE_KEY = "secagg-client"  # this session's client
 STATE_NEXT = "secagg-next-client"  # the next session's, once its keys went out
@@ -91,7 +92,8 @@ def client_vector(arrays: Mapping[str, Any], num_examples: int, metrics: Mapping
     the metric is absent) for each metric name, num_examples]``; summed over clients, the
     server divides by the summed weights, which gives the example-weighted means. Each
     weighted value is clipped to [-clip, clip] and quantized as :class:`secure_agg.Quantizer`
-    does (``round((v + clip) * scale)``, within half a step).
+    does (``round(v * scale) + offset``, within half a step; exact for every weighted value
+    whose lowest mantissa bit is at least ``1 / scale``, see :mod:`secure_agg.quantize`).
 
     Raises:
         SecAggError: ``num_examples`` is not in [1, max_weight] or could wrap the sum, or an
@@ -102,30 +104,19 @@ def client_vector(arrays: Mapping[str, Any], num_examples: int, metrics: Mapping
     limit = ((1 << bits) - 1) // num_clients
     if num_examples > limit:
         raise SecAggError(f"{num_clients} clients with up to {num_examples} examples could wrap modulo 2**{bits}")
-    scale = Quantization(clip, bits).for_clients(num_clients).scale
+    quantizer = Quantization(clip, bits).for_clients(num_clients)
     w = num_examples / max_weight
     sizes = [int(np.size(v)) for v in arrays.values()]
     size = sum(sizes)
     out = np.empty(size + 2 * len(metric_names) + 1, dtype=word_dtype(bits))
-    # This runs on the full model every round: each block of 32k entries is weighted, clipped,
-    # shifted and rounded while it sits in cache, straight into the output words.
-    block = np.empty(min(size, 1 << 15) or 1, dtype=np.float64)
-    factor, top, shift = w * scale, clip * scale, clip * scale + 0.5
-
-    def put(values: np.ndarray, pos: int, mult: float) -> None:
-        buf = block[: values.size]
-        np.multiply(values, mult, out=buf, dtype=np.float64)
-        np.clip(buf, -top, top, out=buf)
-        buf += shift  # now in [0.5, 2 top + 0.5]: truncation is rounding to nearest
-        out[pos:pos + values.size] = buf
-
+    # One float64 scratch block for every array: this runs on the full model every round.
+    scratch = np.empty(min(size, 1 << 15) or 1, dtype=np.float64)
     pos = 0
     for v, n in zip(arrays.values(), sizes, strict=True):
         flat = np.asarray(v).reshape(-1)
         if n and not (np.isfinite(flat.min()) and np.isfinite(flat.max())):
             raise SecAggError("cannot aggregate arrays holding NaN or infinite entries")
-        for lo in range(0, n, block.size):
-            put(flat[lo:lo + block.size], pos + lo, factor)
+        quantize_into(flat, w, quantizer, out[pos:pos + n], scratch)
         pos += n
     extra = np.zeros(2 * len(metric_names))
     for i, name in enumerate(metric_names):
@@ -133,7 +124,7 @@ def client_vector(arrays: Mapping[str, Any], num_examples: int, metrics: Mapping
         if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
             extra[2 * i:2 * i + 2] = (float(value), 1.0)
     if extra.size:
-        put(extra, size, factor)
+        quantize_into(extra, w, quantizer, out[size:size + extra.size], scratch)
     out[-1] = num_examples
     return out
 

@@ -77,9 +77,11 @@ def test_harary_graph_is_k_regular_and_symmetric(n: int, k: int) -> None:
 def test_quantizer_cannot_wrap_and_states_its_bound() -> None:
     q = Quantization(clip=1.0, bits=16).for_clients(7)
     assert round(2 * q.clip * q.scale) * 7 <= 2**16 - 1
+    # The scale is the largest power of two that cannot wrap: twice it would.
+    assert q.scale == 2.0**12 and 2 * round(q.clip * 2 * q.scale) * 7 > 2**16 - 1
     x = np.linspace(-1.5, 1.5, 31)
     words = q.quantize(x)
-    assert words.min() == 0 and int(words.max()) == (2**16 - 1) // 7
+    assert words.min() == 0 and int(words.max()) == 2 * q.offset == 2 * 2**12
     assert np.max(np.abs(q.dequantize(words, 1) - np.clip(x, -1, 1))) <= q.error_bound(1)
     with pytest.raises(SecAggError, match="too small"):
         Quantization(clip=1.0, bits=4).for_clients(100)
