@@ -9,7 +9,9 @@ securely, two JSON lines per S::
                  both ways), reference = in a plain round (actor weights both ways)
 
 Round 1 (Ray actors starting, and the secure session's opening exchanges) is left out of the
-medians and reported beside them. ``--quick``: 4 sites only, 3 rounds.
+medians and reported beside them. Secure aggregation runs as the ``fed_mappo`` experiment runs
+it: 64-bit words and every site's weight exactly 1 (its average is then FedAvg's, bit for bit
+at 2 sites). ``--quick``: 4 sites only, 3 rounds.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def measure(sites: int, rounds: int) -> None:
     for agg in ("plain", "secure"):
         settings = FedMAPPOSettings.create(num_server_rounds=rounds, num_sites=sites, local_steps=100, train=TRAIN,
                                            eval_episodes=0, aggregation=agg,
-                                           secagg=SecAggParams(max_weight=100))
+                                           secagg=SecAggParams(max_weight=100, bits=64))
         hist = simulate(settings)["history"][1:]
         timing[agg] = hist
     med = {agg: {"s": statistics.median(r["timing"]["round_seconds"] for r in h[1:]),

@@ -1,7 +1,7 @@
 """Experiment kind ``fed_mappo``: federated CTDE under secure aggregation, beside its references.
 
 Four ways to spend the same environment steps on the sites' simple_spread worlds (each site's
-own ``local_ratio``, see :mod:`federated.fed_mappo`):
+own ``local_ratio`` and landmark region, see :mod:`federated.fed_mappo`):
 
 * (a) centralized: one MAPPO on the union of the sites' environments (one batch holding every
   site's worlds, each with its own reward), the data pooled in one place;
@@ -53,11 +53,15 @@ class FedMAPPOConfig(ExperimentConfig):
                                               "env and budget are set by the run.")
     ratio_low: float = field_of(FedMAPPOSettings, "ratio_low")
     ratio_high: float = field_of(FedMAPPOSettings, "ratio_high")
+    landmark_shift: float = field_of(FedMAPPOSettings, "landmark_shift")
     share_critic: bool = field_of(FedMAPPOSettings, "share_critic")
     eval_episodes: int = Field(32, ge=1, le=100_000, description="Greedy episodes per site environment per evaluation.")
     eval_seed: int = field_of(FedMAPPOSettings, "eval_seed")
     clip: float = field_of(SecAggParams, "clip")
-    bits: int = field_of(SecAggParams, "bits")
+    bits: int = Field(64, ge=1, le=64,
+                      description="Secure sums live modulo 2**bits. 64 (with the power-of-two scale and every site's "
+                                  "weight exactly 1) makes the secure average Flower FedAvg's float32 mean bit for bit "
+                                  "at 2 sites, so the secure curve is the plain one; fewer bits round to a coarser step.")
     num_cpus: int = Field(2, ge=1, le=256, description="CPUs for Flower's simulation engine (Ray).")
     round_timeout: float = field_of(FedMAPPOSettings, "round_timeout")
 
@@ -74,7 +78,8 @@ class FedMAPPOConfig(ExperimentConfig):
         secagg = SecAggParams(clip=self.clip, bits=self.bits, max_weight=probe.steps_per_round, seed=self.seed % 2**31)
         return FedMAPPOSettings.create(
             num_server_rounds=self.rounds, num_sites=self.num_sites, local_steps=self.local_steps, train=train,
-            ratio_low=self.ratio_low, ratio_high=self.ratio_high, share_critic=self.share_critic,
+            ratio_low=self.ratio_low, ratio_high=self.ratio_high, landmark_shift=self.landmark_shift,
+            share_critic=self.share_critic,
             aggregation=aggregation, seed=self.seed % 2**31, eval_episodes=self.eval_episodes,
             eval_seed=self.eval_seed, round_timeout=self.round_timeout, checkpoint_dir=checkpoint_dir,
             resume=True, site_dir=site_dir, secagg=secagg)
@@ -95,15 +100,27 @@ def union_trainer(settings: FedMAPPOSettings) -> MAPPO:
 
     The batch holds ``num_envs`` worlds per site; world ``b`` rewards with site ``b //
     num_envs``'s ``local_ratio`` (simple_spread's reward is linear in it, so a per-world
-    column of ratios gives each world its site's reward).
+    column of ratios gives each world its site's reward) and places its landmarks in that
+    site's range (per-world ``landmark_mid`` / ``landmark_half``).
     """
     cfg = settings.site_config(0)
     union = cfg.model_copy(update={"num_envs": cfg.num_envs * settings.num_sites,
                                    "num_minibatches": cfg.num_minibatches * settings.num_sites,
                                    "total_steps": cfg.total_steps * settings.num_sites})
     trainer = MAPPO(union, settings.seed)
-    ratios = torch.tensor([settings.local_ratio(s) for s in range(settings.num_sites)], dtype=trainer.env.dtype)
-    trainer.env.local_ratio = ratios.repeat_interleave(cfg.num_envs).unsqueeze(1).to(trainer.device)
+    env, sites = trainer.env, range(settings.num_sites)
+
+    def per_world(values: list[float], *shape: int) -> torch.Tensor:
+        column = torch.tensor(values, dtype=env.dtype).repeat_interleave(cfg.num_envs)
+        return column.reshape(-1, *shape).to(trainer.device)
+
+    env.local_ratio = per_world([settings.local_ratio(s) for s in sites], 1)
+    if settings.landmark_shift:
+        # Each world draws its landmarks from its site's range: the batch starts over with them.
+        env.landmark_mid = per_world([settings.landmark_offset(s) for s in sites], 1, 1)
+        env.landmark_half = per_world([1.0 for _ in sites], 1, 1)
+        trainer.obs = env.reset(seed=settings.seed)[0].to(trainer.dtype)
+        trainer.state = env.state().to(trainer.dtype)
     load_shared(trainer, initial_weights(settings))
     return trainer
 
@@ -210,6 +227,7 @@ def run_fed_mappo(cfg: FedMAPPOConfig, ctx: RunContext) -> dict[str, Any]:
         "best_alone_return": max(alone_final),
         "mean_alone_return": float(np.mean(alone_final)),
         "federated_beats_alone": done["secure"]["curve"][-1]["return"] > max(alone_final),
+        "federated_margin_over_best_alone": done["secure"]["curve"][-1]["return"] - max(alone_final),
         "initial_return": done["plain"]["curve"][0]["return"],
         "secure_plain_max_return_diff": max(abs(p["return"] - s["return"]) for p, s in
                                             zip(done["plain"]["curve"], done["secure"]["curve"], strict=True)),

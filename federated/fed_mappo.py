@@ -3,9 +3,11 @@
 Each site is a Flower client (a SuperNode with ``partition-id`` = its site index). It trains
 MAPPO -- decentralized actors, the central critic on ``env.state()`` -- on its own batch of
 ``mpe/simple_spread-v3`` worlds, which differ between sites (non-IID): site ``i`` of ``S``
-rewards with ``local_ratio = ratio_low + (ratio_high - ratio_low) * i / (S - 1)``, so one site
-cares only about covering landmarks and another mostly about not colliding. The agent count
-is the same everywhere, so every site's actor has the same shapes.
+rewards with ``local_ratio = ratio_low + (ratio_high - ratio_low) * i / (S - 1)`` and, with
+``landmark_shift``, places its landmarks in its own region (site 0 down and left of the
+agents' start square, the last site up and right), so a site alone never sees the landmark
+layouts of the others. The agent count is the same everywhere, so every site's actor has
+the same shapes.
 
 Every round the server sends the global actor (and, with ``share_critic``, the critic and its
 value normalization); each site trains ``local_steps`` environment steps from it and replies
@@ -79,6 +81,11 @@ class FedMAPPOSettings(RunConfigModel):
                              description="local_ratio of site 0's simple_spread (collision weight of the reward).")
     ratio_high: float = Field(1.0, ge=0, le=1, allow_inf_nan=False,
                               description="local_ratio of the last site; sites in between are spaced evenly.")
+    landmark_shift: float = Field(0.0, ge=0, le=4, allow_inf_nan=False,
+                                  description="Where each site places its landmarks: site 0 draws every landmark "
+                                              "coordinate from [-1 - shift, 1 - shift], the last site from "
+                                              "[-1 + shift, 1 + shift], sites in between evenly spaced (agents "
+                                              "start in [-1, 1]^2 everywhere); 0 = mpe2's placement at every site.")
     share_critic: bool = Field(False, description="Average the central critics (and value normalizations) too; "
                                                   "otherwise each site keeps its own critic.")
     aggregation: Literal["plain", "secure"] = field_of(FedSettings, "aggregation")
@@ -131,10 +138,24 @@ class FedMAPPOSettings(RunConfigModel):
             return self.ratio_low
         return self.ratio_low + (self.ratio_high - self.ratio_low) * site / (self.num_sites - 1)
 
+    def landmark_offset(self, site: int) -> float:
+        """How far ``site``'s landmark range is moved from [-1, 1]: -shift at site 0 to +shift at the last."""
+        if self.num_sites == 1:
+            return -self.landmark_shift
+        return self.landmark_shift * (2 * site / (self.num_sites - 1) - 1)
+
+    def site_env(self, site: int) -> dict[str, Any]:
+        """Keyword arguments of ``site``'s simple_spread (its reward weight and landmark placement)."""
+        out: dict[str, Any] = {"local_ratio": self.local_ratio(site)}
+        if self.landmark_shift:
+            shift = self.landmark_offset(site)
+            out["landmark_range"] = [-1.0 + shift, 1.0 + shift]
+        return out
+
     def site_config(self, site: int) -> MAPPOConfig:
         """MAPPO's config at ``site``: its own environment; the learning rate anneals over the whole run."""
         cfg = self.mappo
-        return cfg.model_copy(update={"env": ENV, "backend": "vec", "env_kwargs": {"local_ratio": self.local_ratio(site)},
+        return cfg.model_copy(update={"env": ENV, "backend": "vec", "env_kwargs": self.site_env(site),
                                       "total_steps": self.num_server_rounds * self.steps_per_round})
 
 
