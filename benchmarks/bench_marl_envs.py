@@ -110,25 +110,36 @@ def main() -> None:
                  reference_std=round(res["random"][f"return_std{sfx}"], 3), budget_steps=res["env_steps"],
                  env_kwargs=kwargs, num_envs=cfg.num_envs, env_workers=cfg.env_workers, env_steps_per_s=res["steps_per_s"],
                  wall_s=res["wall_s"], eval_episodes=4 if args.quick else episodes, cores=cores, load_average=load)
-    # Throughput of non-batched envs: copies in worker processes vs all in this process.
+    # Throughput of non-batched envs: the same training with the copies stepped in the trainer's
+    # process (env_workers=0, the reference) and in 1 and 2 worker processes, side by side.
+    from envs.registry import make as make_env
+
     for name, env_id, kwargs in (("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}),
                                  ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200})):
         # --only NAME_throughput runs this part alone (NAME runs the return case too).
         if args.only and name not in args.only and f"{name}_throughput" not in args.only:
             continue
-        steps = 1_600 if args.quick else 4_000
+        # 20 updates of 16 x 50 steps: fork and environment start-up (in the clock) are amortized.
+        steps = 3_200 if args.quick else 16_000
+        make_env(env_id, **kwargs).close()  # the env's modules imported before any side's clock starts
         rates = {}
-        for env_workers in (0, 2):
+        for env_workers in (0, 1, 2):
+            load_before = round(os.getloadavg()[0], 2)
             cfg = MAPPOConfig(env=env_id, env_kwargs=kwargs, backend="parallel", total_steps=steps, num_envs=16,
                               rollout_steps=50, num_minibatches=4, env_workers=env_workers)
-            rates[env_workers] = train_case(cfg, None)
-        ours, ref = rates[2]["steps_per_s"], rates[0]["steps_per_s"]
-        line(bench="marl_envs", case=f"{name} training throughput", unit="env-steps/s", ours=ours, reference=ref,
-             ratio=round(ours / ref, 4), reference_name="same training, copies stepped in one process",
-             env_workers=2, cores=cores, budget_steps=rates[2]["env_steps"], wall_s=rates[2]["wall_s"],
-             reference_wall_s=rates[0]["wall_s"], main_cpu_s=rates[2]["main_cpu_s"], worker_cpu_s=rates[2]["worker_cpu_s"],
-             reference_cpu_s=rates[0]["main_cpu_s"], load_average=round(os.getloadavg()[0], 2))
-
+            rates[env_workers] = {**train_case(cfg, None), "load_average": [load_before, round(os.getloadavg()[0], 2)]}
+        ref = rates[0]
+        for env_workers in (1, 2):
+            r = rates[env_workers]
+            line(bench="marl_envs", case=f"{name} training throughput, env_workers={env_workers}", unit="env-steps/s",
+                 ours=r["steps_per_s"], reference=ref["steps_per_s"], ratio=round(r["steps_per_s"] / ref["steps_per_s"], 4),
+                 reference_name="same training, every copy stepped in the trainer's process (env_workers=0)",
+                 env_workers=env_workers, cores=cores, cores_used=min(env_workers + 1, cores), reference_cores_used=1,
+                 torch_threads=torch.get_num_threads(), num_envs=cfg.num_envs, rollout_steps=cfg.rollout_steps,
+                 budget_steps=r["env_steps"], wall_s=r["wall_s"], reference_wall_s=ref["wall_s"],
+                 main_cpu_s=r["main_cpu_s"], worker_cpu_s=r["worker_cpu_s"], reference_cpu_s=ref["main_cpu_s"],
+                 load_average=r["load_average"], reference_load_average=ref["load_average"],
+                 steps_per_s_by_env_workers={w: rates[w]["steps_per_s"] for w in rates})
 
 if __name__ == "__main__":
     main()

@@ -145,6 +145,12 @@ def env_teams(cfg: MAPPOConfig) -> dict[str, list[str]] | None:
     return {team: list(prefixes) for team, prefixes in spec(cfg.env).teams} or None
 
 
+def _join(first: tuple[Any, ...], second: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Two halves' ``step`` results (observations, rewards, terminated, truncated, infos) as one batch's."""
+    tensors = [torch.cat((x, y)) for x, y in zip(first[:4], second[:4], strict=True)]
+    return (*tensors, {key: torch.cat((first[4][key], second[4][key])) for key in first[4]})
+
+
 class MAPPO:
     """One training run: environments, networks, optimizers and the loop state.
 
@@ -250,7 +256,14 @@ class MAPPO:
     # -- phase 1: collect ----------------------------------------------------------------------
     @torch.no_grad()
     def collect(self) -> dict[str, Any]:
-        """Steps every environment ``rollout_steps`` times with sampled actions."""
+        """Steps every environment ``rollout_steps`` times with sampled actions.
+
+        With worker processes (a :class:`ParallelBatch` with ``env_workers``) the two halves of
+        the copies are double-buffered, as in Sample Factory: while the workers step one half,
+        this process samples the other half's actions and scores the step (log-probabilities,
+        critic), so the workers rarely wait for the network. The rollout is the one stepping
+        every copy at once gives, bit for bit (:meth:`_collect_halves`).
+        """
         T, B, N = self.cfg.rollout_steps, self.num_envs, self.num_agents
         dev, f = self.device, self.dtype
         buf: dict[str, Any] = {
@@ -267,39 +280,75 @@ class MAPPO:
             "final_value": torch.zeros(T, B, N, device=dev, dtype=f),
         }
         finished: list[torch.Tensor] = []
-        for t in range(T):
-            buf["obs"][t], buf["state"][t], buf["active"][t] = self.obs, self.state, self.active
-            # The agents act: each group's policy samples its agents' actions (kept before the
-            # environment's conversion, for their log-probabilities).
-            action = self.behaviour.raw(self.obs)
-            # Worker processes step the copies while this process scores the current
-            # observations (neither depends on the other): same numbers, less waiting.
-            overlap = hasattr(self.env, "step_async")
-            if overlap:
-                self.env.step_async(self.actor.to_env(action))
-            buf["action"][t] = action
-            buf["logprob"][t] = self.actor.log_prob_entropy(self.obs, action)[0]
-            buf["value"][t] = self._denorm(self.value(self.obs, self.state))
-            step = self.env.step_wait() if overlap else self.env.step(self.actor.to_env(action))
-            obs, reward, terminated, truncated, infos = step
-            reward = reward.to(f) * self.active  # a departed agent earns nothing
-            buf["reward"][t], buf["terminated"][t], buf["truncated"][t] = reward, terminated, truncated
-            done = infos["done"]
-            buf["done"][t] = done
-            self.episode_return += reward
-            if bool(done.any()):
-                # The value of the state an episode ended in, for bootstrapping a truncation.
-                final = self._denorm(self.value(infos["final_observation"].to(f), infos["final_state"].to(f)))
-                buf["final_value"][t] = final
-                finished.append(self.episode_return[done].cpu())
-                self.episode_return = torch.where(done.unsqueeze(1), torch.zeros_like(self.episode_return), self.episode_return)
-            self.obs, self.state = obs.to(f), self.env.state().to(f)
-            self.active = self._active_of(self.env, infos)
+        if getattr(self.env, "env_workers", 0) and len(self.env.parts) == 2:
+            self._collect_halves(buf, finished)
+        else:
+            for t in range(T):
+                # The agents act: each group's policy samples its agents' actions (kept before the
+                # environment's conversion, for their log-probabilities).
+                action = self.behaviour.raw(self.obs)
+                self._score(buf, t, action)
+                self._record(buf, t, self.env.step(self.actor.to_env(action)), finished)
         last_value = self._denorm(self.value(self.obs, self.state))
         following = torch.cat((buf["value"][1:], last_value.unsqueeze(0)))
         buf["next_value"] = torch.where(buf["done"].unsqueeze(-1), buf["final_value"], following)
         buf["episode_returns"] = torch.cat(finished) if finished else torch.zeros(0, N, dtype=f)
         return buf
+
+    def _collect_halves(self, buf: dict[str, Any], finished: list[torch.Tensor]) -> None:
+        """:meth:`collect` with the copies' two halves stepped in turn by the worker processes.
+
+        Step ``t``: half B's results of ``t - 1`` complete the observations, the whole batch's
+        actions are sampled and half B's sent; the step is scored while the workers step half
+        A; half A's results come back, and its actions of ``t + 1`` are sampled and sent while
+        the workers step half B. Every network call sees the whole batch's shape (half B's rows
+        of the early half-A call hold its previous observations), and half A's early sample is
+        redrawn from the same generator state, so each row gets what one call on all the copies
+        gives: a row's outputs depend on its own inputs and the batch shape only.
+        """
+        T, f, env, gen = self.cfg.rollout_steps, self.dtype, self.env, self.generator
+        (a_lo, a_hi), (b_lo, b_hi) = env.parts
+        draws = gen.get_state()
+        env.step_async(self.actor.to_env(self.behaviour.raw(self.obs))[a_lo:a_hi], part=0)
+        half_a: tuple[Any, ...] = ()
+        for t in range(T):
+            if t > 0:
+                self._record(buf, t - 1, _join(half_a, env.step_wait(part=1)), finished)
+            gen.set_state(draws)
+            action = self.behaviour.raw(self.obs)
+            env.step_async(self.actor.to_env(action)[b_lo:b_hi], part=1)
+            self._score(buf, t, action)
+            half_a = env.step_wait(part=0)
+            if t + 1 < T:
+                draws = gen.get_state()
+                ahead = torch.cat((half_a[0].to(f), self.obs[b_lo:b_hi]))
+                env.step_async(self.actor.to_env(self.behaviour.raw(ahead))[a_lo:a_hi], part=0)
+        self._record(buf, T - 1, _join(half_a, env.step_wait(part=1)), finished)
+
+    def _score(self, buf: dict[str, Any], t: int, action: torch.Tensor) -> None:
+        """Stores step ``t``'s inputs and actions with their log-probabilities and values."""
+        buf["obs"][t], buf["state"][t], buf["active"][t] = self.obs, self.state, self.active
+        buf["action"][t] = action
+        buf["logprob"][t] = self.actor.log_prob_entropy(self.obs, action)[0]
+        buf["value"][t] = self._denorm(self.value(self.obs, self.state))
+
+    def _record(self, buf: dict[str, Any], t: int, step: tuple[Any, ...], finished: list[torch.Tensor]) -> None:
+        """Stores step ``t``'s outcome, ends finished episodes and moves to the next observations."""
+        f = self.dtype
+        obs, reward, terminated, truncated, infos = step
+        reward = reward.to(f) * self.active  # a departed agent earns nothing
+        buf["reward"][t], buf["terminated"][t], buf["truncated"][t] = reward, terminated, truncated
+        done = infos["done"]
+        buf["done"][t] = done
+        self.episode_return += reward
+        if bool(done.any()):
+            # The value of the state an episode ended in, for bootstrapping a truncation.
+            final = self._denorm(self.value(infos["final_observation"].to(f), infos["final_state"].to(f)))
+            buf["final_value"][t] = final
+            finished.append(self.episode_return[done].cpu())
+            self.episode_return = torch.where(done.unsqueeze(1), torch.zeros_like(self.episode_return), self.episode_return)
+        self.obs, self.state = obs.to(f), self.env.state().to(f)
+        self.active = self._active_of(self.env, infos)
 
     # -- phase 2: advantages -------------------------------------------------------------------
     def advantages(self, buf: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

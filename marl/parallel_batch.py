@@ -19,9 +19,13 @@ generator (seeded with ``[seed, i]``), and the actions since that reset are reme
 :meth:`get_state` / :meth:`load_state` restore any deterministic environment exactly by
 replaying them (mpe2's environments do not pickle their mid-episode state).
 
-``env_workers=W`` steps the copies in W processes (each owns a contiguous slice), while the
-policy still runs once per step for all B copies in the caller's process; the results are
-the same as with ``env_workers=0`` (everything in this process), since each copy owns its seeds.
+``env_workers=W`` steps the copies in W processes, while the policy still runs in the caller's
+process for all the copies a step covers; the results are the same as with ``env_workers=0``
+(everything in this process), since each copy owns its seeds. The copies form two halves
+(:attr:`ParallelBatch.parts`) that can be stepped apart (``step_async(actions, part=p)``), as
+Sample Factory's double-buffered sampling does: while the workers step one half, the caller
+computes the other half's actions. Each worker owns a slice of both halves, so every worker
+has copies to step whichever half is in flight.
 ``first_index=k`` makes the batch copies ``k..k+B-1`` of a larger one (a data-parallel
 learner's shard): copy ``i`` seeds its generator with ``[seed, k + i]``, as in the whole batch.
 """
@@ -126,36 +130,38 @@ class _Shard:
                 out[a] = row[k, : self.L.action_sizes[k]].reshape(space.shape).astype(space.dtype)
         return out
 
-    def step(self, acts: np.ndarray) -> tuple[np.ndarray, ...]:
-        n, na = len(self.envs), self.L.num_agents
+    def step(self, which: list[int], acts: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Steps this shard's copies at positions ``which``, copy ``which[i]`` with ``acts[i]``."""
+        n, na = len(which), self.L.num_agents
         rew = np.zeros((n, na), dtype=np.float32)
         term = np.zeros((n, na), dtype=bool)
         trunc = np.zeros((n, na), dtype=bool)
         final_obs = np.zeros((n, na, self.L.obs_dim), dtype=np.float32)
         final_state = np.zeros((n, self.L.state_dim), dtype=np.float32)
         done = np.zeros(n, dtype=bool)
-        for j, env in enumerate(self.envs):
+        for i, j in enumerate(which):
+            env = self.envs[j]
             present = list(env.agents)
-            action = self.actions(acts[j], present)
+            action = self.actions(acts[i], present)
             self.history[j].append(action)
             obs, r, te, tr, _ = env.step(action)
             for k, a in enumerate(self.L.possible_agents):
                 if a not in present:
                     continue
-                rew[j, k] = r.get(a, 0.0)
+                rew[i, k] = r.get(a, 0.0)
                 # An agent that left without saying why has ended as far as its value goes.
-                term[j, k] = te.get(a, False) or (a not in env.agents and not tr.get(a, False))
-                trunc[j, k] = tr.get(a, False)
-            final_obs[j] = self.pack(obs)
-            final_state[j] = self.state_of(env, final_obs[j], self.states[j])
-            done[j] = not env.agents
-            if done[j]:
+                term[i, k] = te.get(a, False) or (a not in env.agents and not tr.get(a, False))
+                trunc[i, k] = tr.get(a, False)
+            final_obs[i] = self.pack(obs)
+            final_state[i] = self.state_of(env, final_obs[i], self.states[j])
+            done[i] = not env.agents
+            if done[i]:
                 self.reset_one(j)
             else:
-                self.obs[j] = final_obs[j]
+                self.obs[j] = final_obs[i]
                 self.active[j] = self._present(env)
-                self.states[j] = final_state[j]
-        return self.obs.copy(), rew, term, trunc, final_obs, final_state, done, self.active.copy(), self.states.copy()
+                self.states[j] = final_state[i]
+        return self.obs[which], rew, term, trunc, final_obs, final_state, done, self.active[which], self.states[which]
 
     def get_state(self) -> dict[str, Any]:
         return {"rngs": [r.bit_generator.state for r in self.rngs], "episode_seed": list(self.episode_seed),
@@ -181,7 +187,7 @@ class _Shard:
 
 
 def _serve(conn: Any, env_id: str, env_kwargs: dict[str, Any], indices: list[int], seed: int, layout: _Layout) -> None:
-    """A worker process: one shard, commands from the pipe until ``close``."""
+    """A worker process: one shard, ``(method, args)`` commands from the pipe until ``close``."""
     try:
         shard = _Shard(env_id, env_kwargs, indices, seed, layout)
     except BaseException as exc:  # noqa: BLE001 -- reported to the parent, which raises it
@@ -189,19 +195,21 @@ def _serve(conn: Any, env_id: str, env_kwargs: dict[str, Any], indices: list[int
         return
     conn.send(("ok", None))
     while True:
-        cmd, arg = conn.recv()
+        cmd, args = conn.recv()
         try:
+            conn.send(("ok", getattr(shard, cmd)(*args)))
             if cmd == "close":
-                shard.close()
-                conn.send(("ok", None))
                 return
-            conn.send(("ok", getattr(shard, cmd)(arg) if arg is not None or cmd == "reset" else getattr(shard, cmd)()))
         except BaseException as exc:  # noqa: BLE001
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 class _Remote:
-    """A shard in a worker process, called like a local one (``send`` then ``recv``)."""
+    """A shard in a worker process, called like a local one (``send`` then ``recv``).
+
+    Replies come back in the order of the commands; ``recv(tag)`` keeps the replies to other
+    commands sent before it, so two halves in flight can be collected in either order.
+    """
 
     def __init__(self, ctx: Any, env_id: str, env_kwargs: dict[str, Any], indices: list[int], seed: int, layout: _Layout) -> None:
         self.indices = list(indices)
@@ -209,21 +217,29 @@ class _Remote:
         self.proc = ctx.Process(target=_serve, args=(child, env_id, env_kwargs, indices, seed, layout), daemon=True)
         self.proc.start()
         child.close()
+        self._sent: list[Any] = ["start"]  # tags of the replies still to come, oldest first
+        self._kept: dict[Any, tuple[str, Any]] = {}
 
-    def send(self, cmd: str, arg: Any = None) -> None:
-        self.conn.send((cmd, arg))
+    def send(self, cmd: str, *args: Any, tag: Any = None) -> None:
+        self.conn.send((cmd, args))
+        self._sent.append(cmd if tag is None else tag)
 
-    def recv(self) -> Any:
-        status, value = self.conn.recv()
+    def recv(self, tag: Any = None) -> Any:
+        """The reply to the oldest command (or to the one sent with ``tag``)."""
+        want = self._sent[0] if tag is None else tag
+        while want not in self._kept:
+            self._kept[self._sent.pop(0)] = self.conn.recv()
+        status, value = self._kept.pop(want)
         if status == "error":
-            raise RuntimeError(f"environment worker (copies {self.indices[0]}..{self.indices[-1]}): {value}")
+            raise RuntimeError(f"environment worker (copies {self.indices}): {value}")
         return value
 
     def close(self) -> None:
         if self.proc.is_alive():
             try:
-                self.send("close")
-                self.recv()
+                self._kept.clear()
+                self.send("close", tag="close")
+                self.recv("close")
             except (OSError, EOFError, RuntimeError):
                 pass
             self.proc.join(timeout=5)
@@ -266,23 +282,31 @@ class ParallelBatch:
         self.obs_dim = L.obs_dim
         self.act_dim = max(L.action_sizes)
         self.state_dim = L.state_dim
-        self.env_workers = min(env_workers, num_envs)
         self.first_index = first_index
-        copies = np.arange(first_index, first_index + num_envs)
-        if self.env_workers == 0:
-            self._local: _Shard | None = _Shard(env_id, env_kwargs, copies.tolist(), seed, L, first=first)
+        # Two halves the caller may step apart (one while it computes the other's actions).
+        half = num_envs // 2
+        self.parts: list[tuple[int, int]] = [(0, half), (half, num_envs)] if num_envs > 1 else [(0, num_envs)]
+        if env_workers == 0:
+            copies = list(range(first_index, first_index + num_envs))
+            self._local: _Shard | None = _Shard(env_id, env_kwargs, copies, seed, L, first=first)
             self._remotes: list[_Remote] = []
+            self._rows = [np.arange(num_envs)]  # the batch rows each shard owns, in its order
         else:
             first.close()
             self._local = None
+            # Worker k owns the k-th slice of each half, so every worker steps whichever half
+            # is in flight; a worker that would own no copy (more workers than copies) is not started.
+            slices = zip(*(np.array_split(np.arange(lo, hi), env_workers) for lo, hi in self.parts), strict=True)
+            self._rows = [rows for rows in (np.concatenate(s) for s in slices) if rows.size]
             # fork: the children inherit the registry, so environments a user's module
             # registered are known there too.
             ctx = mp.get_context("fork")
-            slices = np.array_split(copies, self.env_workers)
-            self._remotes = [_Remote(ctx, env_id, env_kwargs, s.tolist(), seed, L) for s in slices]
+            self._remotes = [_Remote(ctx, env_id, env_kwargs, (rows + first_index).tolist(), seed, L) for rows in self._rows]
             for r in self._remotes:
                 r.recv()
-        self._pending: np.ndarray | None = None  # actions sent by step_async, not yet collected
+        self.env_workers = len(self._remotes)
+        # Steps begun by step_async, by part (None: the whole batch): rows and actions.
+        self._pending: dict[int | None, tuple[int, int, np.ndarray]] = {}
         self._obs = np.zeros((num_envs, L.num_agents, L.obs_dim), dtype=np.float32)
         self._active = np.ones((num_envs, L.num_agents), dtype=bool)
         self._states = np.zeros((num_envs, L.state_dim), dtype=np.float32)
@@ -306,25 +330,31 @@ class ParallelBatch:
         return torch.as_tensor(self._active.copy(), device=self.device)
 
     # Calls on every shard ----------------------------------------------------------------------
-    def _call(self, cmd: str, args: list[Any] | None = None) -> list[Any]:
+    def _call(self, cmd: str, args: list[tuple[Any, ...]]) -> list[Any]:
+        """``cmd(*args[k])`` on shard k (all of them at once), in the shards' order."""
+        if self._pending:
+            raise RuntimeError(f"{cmd} called while a step is in flight: finish it with step_wait first")
         if self._local is not None:
-            method = getattr(self._local, cmd)
-            return [method(args[0]) if args is not None else method()]
-        for k, r in enumerate(self._remotes):
-            r.send(cmd, None if args is None else args[k])
-        return [r.recv() for r in self._remotes]
+            return [getattr(self._local, cmd)(*args[0])]
+        for r, a in zip(self._remotes, args, strict=True):
+            r.send(cmd, *a, tag=cmd)
+        return [r.recv(cmd) for r in self._remotes]
 
-    def _split(self, array: Any) -> list[Any]:
-        if self._local is not None:
-            return [array]
-        k = self.first_index
-        return [array[r.indices[0] - k: r.indices[-1] + 1 - k] for r in self._remotes]
+    def _gather(self, parts: list[tuple[np.ndarray, ...]], rows: list[np.ndarray], lo: int, hi: int) -> list[np.ndarray]:
+        """Each shard's arrays for its ``rows`` (batch rows) placed as rows ``lo..hi-1`` of one array per field."""
+        out = []
+        for field in zip(*parts, strict=True):
+            whole = np.empty((hi - lo, *field[0].shape[1:]), dtype=field[0].dtype)
+            for piece, r in zip(field, rows, strict=True):
+                whole[r - lo] = piece
+            out.append(whole)
+        return out
 
     # Reset and step --------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """Resets every copy; ``seed`` reseeds the copies' generators first."""
-        parts = self._call("reset", [seed] * max(1, len(self._remotes)))
-        self._obs, self._active, self._states = (np.concatenate(x) for x in zip(*parts, strict=True))
+        parts = self._call("reset", [(seed,)] * len(self._rows))
+        self._obs, self._active, self._states = self._gather(parts, self._rows, 0, self.num_envs)
         return self._tensor(self._obs), {}
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -338,35 +368,50 @@ class ParallelBatch:
         self.step_async(actions)
         return self.step_wait()
 
-    def step_async(self, actions: torch.Tensor) -> None:
-        """Starts :meth:`step`: with workers they step while the caller computes; finish with :meth:`step_wait`.
+    def step_async(self, actions: torch.Tensor, part: int | None = None) -> None:
+        """Starts :meth:`step` of the whole batch or of one half (``part``, rows ``parts[part]``).
 
-        The trainer uses the time to run its critic and log-probabilities on the current
-        observations, which do not depend on the step's outcome. Without workers the step
-        happens in :meth:`step_wait`.
+        With workers the copies step while the caller computes (the trainer acts for the other
+        half meanwhile); finish with :meth:`step_wait` of the same ``part``. Without workers the
+        step happens in :meth:`step_wait`.
+
+        Args:
+            actions: One row per copy of the part: ``[hi - lo, N]`` or ``[hi - lo, N, A]``.
+            part: Index into :attr:`parts`, or None (default) for every copy.
         """
-        if self._pending is not None:
-            raise RuntimeError("step_async called twice without step_wait")
+        if part is not None and not (isinstance(part, int) and 0 <= part < len(self.parts)):
+            raise ValueError(f"part must be None or an index of parts {self.parts}, got {part!r}")
+        lo, hi = self.parts[part] if part is not None else (0, self.num_envs)
+        if any(plo < hi and lo < phi for plo, phi, _ in self._pending.values()):
+            raise RuntimeError("step_async called twice without step_wait for the same copies")
         acts = torch.as_tensor(actions).detach().cpu().numpy()
-        if acts.shape[0] != self.num_envs:
-            raise ValueError(f"actions must have {self.num_envs} rows (one per copy), got shape {list(acts.shape)}")
+        if acts.shape[0] != hi - lo:
+            raise ValueError(f"actions must have {hi - lo} rows (one per copy of rows {lo}..{hi - 1}), got shape {list(acts.shape)}")
         if self._local is None:
-            for r, part in zip(self._remotes, self._split(acts), strict=True):
-                r.send("step", part)
-        self._pending = acts
+            for r, rows in zip(self._remotes, self._rows, strict=True):
+                mine = (rows >= lo) & (rows < hi)
+                if mine.any():
+                    r.send("step", np.flatnonzero(mine).tolist(), acts[rows[mine] - lo], tag=("step", part))
+        self._pending[part] = (lo, hi, acts)
 
-    def step_wait(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Finishes the step begun by :meth:`step_async`; returns what :meth:`step` returns."""
-        if self._pending is None:
-            raise RuntimeError("step_wait called without step_async")
-        acts, self._pending = self._pending, None
-        parts = [self._local.step(acts)] if self._local is not None else [r.recv() for r in self._remotes]
-        obs, rew, term, trunc, final_obs, final_state, done, active, states = (np.concatenate(x) for x in zip(*parts, strict=True))
-        self._obs, self._active, self._states = obs, active, states
-        t = torch.as_tensor
-        infos = {"final_observation": self._tensor(final_obs), "final_state": self._tensor(final_state),
-                 "done": t(done, device=self.device), "active": self.active}
-        return self._tensor(obs), self._tensor(rew), t(term, device=self.device), t(trunc, device=self.device), infos
+    def step_wait(self, part: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Finishes the step begun by :meth:`step_async` of ``part``; returns what :meth:`step`
+        returns, for the part's rows."""
+        if part not in self._pending:
+            raise RuntimeError(f"step_wait called without step_async (part {part})")
+        lo, hi, acts = self._pending.pop(part)
+        if self._local is not None:
+            pieces, rows = [self._local.step(list(range(lo, hi)), acts)], [np.arange(lo, hi)]
+        else:
+            rows = [r[(r >= lo) & (r < hi)] for r in self._rows]
+            pieces = [remote.recv(("step", part)) for remote, mine in zip(self._remotes, rows, strict=True) if mine.size]
+            rows = [mine for mine in rows if mine.size]
+        obs, rew, term, trunc, final_obs, final_state, done, active, states = self._gather(pieces, rows, lo, hi)
+        self._obs[lo:hi], self._active[lo:hi], self._states[lo:hi] = obs, active, states
+        t, dev = torch.as_tensor, self.device
+        infos = {"final_observation": t(final_obs, device=dev), "final_state": t(final_state, device=dev),
+                 "done": t(done, device=dev), "active": t(active, device=dev)}
+        return t(obs, device=dev), t(rew, device=dev), t(term, device=dev), t(trunc, device=dev), infos
 
     def state(self) -> torch.Tensor:
         """The global state of every copy, [B, state_dim] (``env.state()``)."""
@@ -378,18 +423,20 @@ class ParallelBatch:
     # Checkpoints -----------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         """Each copy's generator, episode seed and the actions taken since its reset."""
-        parts = self._call("get_state")
-        return {key: [v for p in parts for v in p[key]] for key in ("rngs", "episode_seed", "history")}
+        out: dict[str, list[Any]] = {key: [None] * self.num_envs for key in ("rngs", "episode_seed", "history")}
+        for part, rows in zip(self._call("get_state", [()] * len(self._rows)), self._rows, strict=True):
+            for key, values in part.items():
+                for row, v in zip(rows, values, strict=True):
+                    out[key][row] = v
+        return out
 
     def load_state(self, saved: dict[str, Any]) -> None:
         """Restores :meth:`get_state` by resetting each copy with its seed and replaying its actions."""
         if len(saved.get("episode_seed", [])) != self.num_envs:
             raise ValueError(f"saved state is of {len(saved.get('episode_seed', []))} copies, this batch has {self.num_envs}")
-        shards = [self._local] if self._local is not None else self._remotes
-        args = [{key: [saved[key][i - self.first_index] for i in s.indices] for key in ("rngs", "episode_seed", "history")}
-                for s in shards]
+        args = [({key: [saved[key][i] for i in rows] for key in ("rngs", "episode_seed", "history")},) for rows in self._rows]
         parts = self._call("load_state", args)
-        self._obs, self._active, self._states = (np.concatenate(x) for x in zip(*parts, strict=True))
+        self._obs, self._active, self._states = self._gather(parts, self._rows, 0, self.num_envs)
 
     def close(self) -> None:
         """Closes every copy (and stops the workers)."""
