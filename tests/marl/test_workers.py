@@ -14,22 +14,32 @@ from marl.mappo import MAPPO, MAPPOConfig
 from marl.parallel_batch import ParallelBatch
 
 
+def _pursuit_pair(num_envs: int, seed: int, max_cycles: int, steps: int) -> tuple[ParallelBatch, ParallelBatch, list[torch.Tensor]]:
+    """The same pursuit copies stepped in this process and in 2 workers, reset, and random actions."""
+    gen = torch.Generator().manual_seed(seed)
+    acts = [torch.randint(0, 5, (num_envs, 8), generator=gen) for _ in range(steps)]
+    local = ParallelBatch("sisl/pursuit-v5", num_envs, seed=seed, max_cycles=max_cycles)
+    remote = ParallelBatch("sisl/pursuit-v5", num_envs, seed=seed, env_workers=2, max_cycles=max_cycles)
+    assert torch.equal(local.reset(seed=seed)[0], remote.reset(seed=seed)[0])
+    return local, remote, acts
+
+
+def _assert_rows_equal(want: tuple[Any, ...], got: tuple[Any, ...], lo: int, hi: int) -> None:
+    """``got`` (a step's results for rows lo..hi-1) equals those rows of ``want`` (the whole step's)."""
+    for x, y in zip(want[:4], got[:4], strict=True):
+        assert torch.equal(x[lo:hi], y)
+    for key in ("final_observation", "final_state", "done", "active"):
+        assert torch.equal(want[4][key][lo:hi], got[4][key]), key
+
+
 def test_async_step_in_workers_equals_step_in_one_process() -> None:
-    gen = torch.Generator().manual_seed(0)
-    acts = [torch.randint(0, 5, (4, 8), generator=gen) for _ in range(12)]
-    local = ParallelBatch("sisl/pursuit-v5", 4, seed=1, max_cycles=5)
-    remote = ParallelBatch("sisl/pursuit-v5", 4, seed=1, env_workers=2, max_cycles=5)
+    local, remote, acts = _pursuit_pair(4, 1, 5, 12)
     try:
-        assert torch.equal(local.reset(seed=1)[0], remote.reset(seed=1)[0])
         resets = 0
         for a in acts:  # max_cycles=5: copies finish and reset on the way
             want = local.step(a)
             remote.step_async(a)
-            got = remote.step_wait()
-            for x, y in zip(want[:4], got[:4], strict=True):
-                assert torch.equal(x, y)
-            for key in ("final_observation", "final_state", "done", "active"):
-                assert torch.equal(want[4][key], got[4][key]), key
+            _assert_rows_equal(want, remote.step_wait(), 0, 4)
             assert torch.equal(local.state(), remote.state())
             resets += int(want[4]["done"].sum())
         assert resets == 8, "each of the 4 copies ends an episode of 5 steps twice in 12 steps"
@@ -57,14 +67,9 @@ def test_async_step_out_of_order_is_refused(env_workers: int) -> None:
 
 def test_halves_stepped_in_turn_by_workers_equal_whole_steps_in_one_process() -> None:
     # Prepare: 5 copies (halves of 2 and 3 rows) over 2 workers that each own part of both halves.
-    gen = torch.Generator().manual_seed(1)
-    acts = [torch.randint(0, 5, (5, 8), generator=gen) for _ in range(8)]
-    local = ParallelBatch("sisl/pursuit-v5", 5, seed=4, max_cycles=3)
-    remote = ParallelBatch("sisl/pursuit-v5", 5, seed=4, env_workers=2, max_cycles=3)
+    local, remote, acts = _pursuit_pair(5, 4, 3, 8)
     try:
         assert remote.parts == [(0, 2), (2, 5)] and remote.env_workers == 2
-        local.reset(seed=4)
-        remote.reset(seed=4)
         for k, a in enumerate(acts):
             want = local.step(a)
             # Execute: both halves in flight at once, collected in either order.
@@ -74,14 +79,10 @@ def test_halves_stepped_in_turn_by_workers_equal_whole_steps_in_one_process() ->
             got = {p: remote.step_wait(part=p) for p in order}
             # Assert: each half's rows of the whole step, and the same copies' state after it.
             for p, (lo, hi) in enumerate(remote.parts):
-                for x, y in zip(want[:4], got[p][:4], strict=True):
-                    assert torch.equal(x[lo:hi], y)
-                for key in ("final_observation", "final_state", "done", "active"):
-                    assert torch.equal(want[4][key][lo:hi], got[p][4][key]), key
+                _assert_rows_equal(want, got[p], lo, hi)
             assert torch.equal(local.state(), remote.state())
-        # A checkpoint taken with workers restores a batch in one process exactly.
-        saved = remote.get_state()
-        assert saved == local.get_state()
+        # The workers' checkpoint is the one-process batch's, copy by copy.
+        np.testing.assert_equal(remote.get_state(), local.get_state())
         with pytest.raises(RuntimeError, match="in flight"):
             remote.step_async(acts[0][:2], part=0)
             remote.get_state()
@@ -101,7 +102,7 @@ def _train(env: str, env_kwargs: dict[str, Any], env_workers: int) -> tuple[list
 
 
 @pytest.mark.parametrize(("env", "env_kwargs"), [
-    ("sisl/pursuit-v5", {"max_cycles": 4, "x_size": 8, "y_size": 8, "n_pursuers": 3, "n_evaders": 2}),  # resets in a rollout
+    ("sisl/pursuit-v5", {"max_cycles": 4, "x_size": 7, "y_size": 7, "n_pursuers": 3, "n_evaders": 2}),  # resets in a rollout
     ("toy/leave-v0", {}),  # agents leave at different steps
     ("toy/mixed-v0", {}),  # a Discrete and a Box group: both kinds of samples
 ])
@@ -124,3 +125,20 @@ def test_double_buffered_training_equals_training_in_one_process(env: str, env_k
         for k, st in opt_want["state"].items():
             assert torch.equal(opt_got["state"][k]["exp_avg"], st["exp_avg"])
     np.testing.assert_equal(got["env"], want["env"])
+
+
+@pytest.mark.parametrize("image_shape", [None, (16, 12, 3)])
+def test_a_row_of_a_network_call_depends_on_its_own_inputs_and_the_batch_shape_only(image_shape: Any) -> None:
+    # The double-buffered rollout rests on this: half A's early actions come from a call whose
+    # half-B rows hold older observations, and must equal that call on the whole batch.
+    from marl.networks import Actor
+
+    obs_dim = 16 * 12 * 3 if image_shape else 20
+    actor = Actor(3, obs_dim, 5, continuous=False, share_params=True, hidden=16, image_shape=image_shape,
+                  generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    whole = torch.rand(7, 3, obs_dim, generator=gen)
+    stale = whole.clone()
+    stale[3:] = torch.rand(4, 3, obs_dim, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(actor.distribution(stale).logits[:3], actor.distribution(whole).logits[:3])
