@@ -40,15 +40,18 @@ CASES: list[tuple[str, str, dict[str, Any], str, int, int, int, dict[str, Any]]]
     ("simple_reference", "mpe/simple_reference-v3", {}, "parallel", 150_000, 4_000, 32, {"num_envs": 16}),
     ("simple_speaker_listener", "mpe/simple_speaker_listener-v4", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
     ("simple_tag", "mpe/simple_tag-v3", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
-    ("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}, "parallel", 10_000, 2_000, 16,
+    ("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}, "parallel", 24_000, 2_000, 32,
      {"num_envs": 16, "rollout_steps": 50, "env_workers": 2}),
     ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200}, "parallel", 30_000, 4_000, 16,
      {"num_envs": 16, "rollout_steps": 50, "env_workers": 2, "lr": 1e-3}),
     ("multiwalker", "sisl/multiwalker-v9", {"max_cycles": 200}, "parallel", 30_000, 4_000, 16,
      {"num_envs": 16, "rollout_steps": 50, "env_workers": 2, "lr": 1e-3, "gamma": 0.99}),
-    ("cooperative_pong", "butterfly/cooperative_pong-v6", {"max_cycles": 200, "render_ratio": 4}, "parallel", 5_000, 1_000, 8,
+    ("cooperative_pong", "butterfly/cooperative_pong-v6", {"max_cycles": 200, "render_ratio": 4}, "parallel", 5_000, 1_000, 32,
      {"num_envs": 8, "rollout_steps": 32, "env_workers": 2, "num_minibatches": 2, "lr": 5e-4}),
 ]
+
+# Why a case departs from the environment's defaults or the trainer's (printed with its line).
+NOTES: dict[str, str] = {}
 
 
 def line(**values: Any) -> None:
@@ -63,6 +66,12 @@ def ratio(ours: float, ref: float) -> float | None:
     return None
 
 
+def _in_se(diff: float, sd_a: float, sd_b: float, n: int) -> float | None:
+    """``diff`` in standard errors of a difference of two means over ``n`` episodes each."""
+    se = ((sd_a**2 + sd_b**2) / n) ** 0.5
+    return round(diff / se, 1) if se > 0 else None
+
+
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -72,17 +81,25 @@ def train_case(cfg: MAPPOConfig, episodes: int | None) -> dict[str, Any]:
     """Trains ``cfg`` for its budget; with ``episodes``, evaluates greedy and random afterwards."""
     t0, cpu0, kids0 = time.perf_counter(), time.process_time(), _children_cpu()
     trainer = MAPPO(cfg, seed=0)
+    out: dict[str, Any] = {}
+    if episodes:
+        # The untrained greedy policy on the same episodes: a greedy policy that stands still can
+        # beat random without learning anything (multiwalker), so a win must also beat this.
+        t_eval, cpu0_eval = time.perf_counter(), time.process_time()
+        eval_env = make_batched_env(cfg.model_copy(update={"env_workers": 0}), episodes, EVAL_SEED)
+        teams = team_indices(cfg, eval_env)
+        out["teams"] = teams
+        out["initial"] = evaluate(trainer.greedy_policy, eval_env, EVAL_SEED, teams)
+        t0 += time.perf_counter() - t_eval  # evaluation is not training time
+        cpu0 += time.process_time() - cpu0_eval
     for _ in range(trainer.num_updates):
         trainer.train_iteration()
     wall = time.perf_counter() - t0
     trainer.env.close()  # joins the workers, so their CPU time is counted
     steps = trainer.update_index * trainer.batch_steps
-    out: dict[str, Any] = {"env_steps": steps, "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 1),
-                           "main_cpu_s": round(time.process_time() - cpu0, 2), "worker_cpu_s": round(_children_cpu() - kids0, 2)}
+    out.update({"env_steps": steps, "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 1),
+                "main_cpu_s": round(time.process_time() - cpu0, 2), "worker_cpu_s": round(_children_cpu() - kids0, 2)})
     if episodes:
-        eval_env = make_batched_env(cfg.model_copy(update={"env_workers": 0}), episodes, EVAL_SEED)
-        teams = team_indices(cfg, eval_env)
-        out["teams"] = teams
         out["greedy"] = evaluate(trainer.greedy_policy, eval_env, EVAL_SEED, teams)
         out["random"] = evaluate(random_policy(eval_env, 0), eval_env, EVAL_SEED, teams)
         eval_env.close()
@@ -103,12 +120,16 @@ def main() -> None:
         load = round(os.getloadavg()[0], 2)
         for team in res["teams"]:
             sfx = "" if len(res["teams"]) == 1 else f"_{team}"
-            ours, ref = res["greedy"][f"return{sfx}"], res["random"][f"return{sfx}"]
+            ours, ref, init = (res[k][f"return{sfx}"] for k in ("greedy", "random", "initial"))
+            sd_ours, sd_ref, sd_init = (res[k][f"return_std{sfx}"] for k in ("greedy", "random", "initial"))
+            n = 4 if args.quick else episodes
             line(bench="marl_envs", case=name + (f" [{team}]" if sfx else ""), unit="greedy per-agent return",
                  ours=round(ours, 3), reference=round(ref, 3), ratio=ratio(ours, ref), reference_name="random policy",
-                 margin=round(ours - ref, 3), ours_std=round(res["greedy"][f"return_std{sfx}"], 3),
-                 reference_std=round(res["random"][f"return_std{sfx}"], 3), budget_steps=res["env_steps"],
-                 env_kwargs=kwargs, num_envs=cfg.num_envs, env_workers=cfg.env_workers, env_steps_per_s=res["steps_per_s"],
+                 margin=round(ours - ref, 3), margin_se=_in_se(ours - ref, sd_ours, sd_ref, n),
+                 ours_std=round(sd_ours, 3), reference_std=round(sd_ref, 3),
+                 initial=round(init, 3), initial_std=round(sd_init, 3), learned=round(ours - init, 3),
+                 learned_se=_in_se(ours - init, sd_ours, sd_init, n), budget_steps=res["env_steps"],
+                 env_kwargs=kwargs, overrides=over, note=NOTES.get(name, ""), num_envs=cfg.num_envs, env_workers=cfg.env_workers, env_steps_per_s=res["steps_per_s"],
                  wall_s=res["wall_s"], eval_episodes=4 if args.quick else episodes, cores=cores, load_average=load)
     # Throughput of non-batched envs: the same training with the copies stepped in the trainer's
     # process (env_workers=0, the reference) and in 1 and 2 worker processes, side by side.

@@ -40,7 +40,7 @@ from torch import nn
 
 from capabilities.training.data_parallel import flat_grad, set_flat_grad, shard_bounds
 from marl.gae import compute_gae
-from marl.networks import CentralCritic, LocalCritic, ValueNorm
+from marl.networks import CentralCritic, LocalCritic, ValueNorm, state_image
 from marl.parallel_batch import ParallelBatch
 from marl.policy import GroupedActor, JointPolicy, groups_of, save_policy
 
@@ -77,7 +77,9 @@ class MAPPOConfig(BaseModel):
     threads: int = Field(1, ge=1, le=256, description="Torch CPU threads for the run (networks this small run best on one).")
     teams: dict[str, list[str]] | None = Field(None, description="Team name -> agent-name prefixes; one learner per team. "
                                                "Default: the environment's registered teams, else one team of all agents.")
-    encoder: Literal["auto", "mlp", "cnn"] = Field("auto", description="Observation encoder: auto (a CNN for image observations), mlp or cnn.")
+    encoder: Literal["auto", "mlp", "cnn"] = Field("auto", description="Observation (and image state) encoder: auto (a CNN for images), mlp or cnn.")
+    log_std_init: float = Field(-0.5, ge=-5.0, le=2.0, description="Initial log standard deviation of continuous actions' Gaussian "
+                                "(before tanh squashing); lower explores less (multiwalker's walkers fall under large noise).")
     env_workers: int = Field(0, ge=0, le=256, description="backend parallel: processes stepping each learner's copies (0: in the learner's process).")
     workers: int = Field(1, ge=1, le=64, description="Data-parallel learner processes, each stepping its shard of the num_envs environments; "
                          "their gradients are summed over the ring all-reduce (the same updates as one process on all of them).")
@@ -189,7 +191,8 @@ class MAPPO:
         init = torch.Generator().manual_seed(seed)
         self.groups = groups_of(env, env_teams(cfg))
         self.actor = GroupedActor(self.groups, self.num_agents, share_params=cfg.share_params, agent_id=cfg.agent_id,
-                                  hidden=cfg.hidden, encoder=cfg.encoder, generator=init).to(self.device)
+                                  hidden=cfg.hidden, encoder=cfg.encoder, log_std_init=cfg.log_std_init,
+                                  generator=init).to(self.device)
         # The policy at execution, as evaluation and playback take any policy: each agent's
         # most likely action from its own observation (the same class a saved policy is).
         self.greedy_policy = JointPolicy(self.actor, greedy=True, device=self.device)
@@ -200,7 +203,8 @@ class MAPPO:
         self.critics = nn.ModuleList()
         for idx in self.team_index:
             n = len(idx)
-            critic = CentralCritic(n, self.state_dim, cfg.hidden, generator=init) if cfg.central_critic else \
+            critic = CentralCritic(n, self.state_dim, cfg.hidden, generator=init,
+                                   **state_image(getattr(env, "state_space", None), cfg.encoder)) if cfg.central_critic else \
                 LocalCritic(n, self.obs_dim, share_params=cfg.share_params, hidden=cfg.hidden, generator=init)
             self.critics.append(critic.to(self.device, self.dtype))
         self.actor.to(self.dtype)

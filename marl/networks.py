@@ -83,7 +83,8 @@ class ImageEncoder(nn.Module):
 
     Nature-DQN-like strides sized to the image: two strided convolutions (kernel 3, stride 2
     for images of at least 32 pixels a side, else stride 1), then a linear layer. Pixel values
-    are divided by ``scale`` (255 for uint8 images) first.
+    are divided by ``scale`` (255 for uint8 images) first. Images wider or taller than 84
+    pixels are first averaged over ``k x k`` blocks, ``k = ceil(max(H, W) / 84)``.
 
     Args:
         shape: The image shape (H, W, C) as the environment gives it.
@@ -100,8 +101,11 @@ class ImageEncoder(nn.Module):
         self.scale = scale
         stride = 2 if min(h, w) >= 32 else 1
         # Large images (cooperative_pong: 280x480) are pooled first: the policy needs positions,
-        # not every pixel, and the network then costs the same at any resolution.
-        self.pool = nn.AdaptiveAvgPool2d((min(h, 84), min(w, 84))) if max(h, w) > 84 else nn.Identity()
+        # not every pixel, and the network then costs about the same at any resolution. Whole
+        # k x k blocks (each pixel read once) cost a fraction of an adaptive pool's overlapping
+        # windows, the most expensive step of the network on such images.
+        k = math.ceil(max(h, w) / 84)
+        self.pool = nn.AvgPool2d(k) if k > 1 else nn.Identity()
         self.conv = nn.Sequential(nn.Conv2d(c, 16, 3, stride=stride), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=stride), nn.ReLU())
         with torch.no_grad():
             flat = self.conv(self.pool(torch.zeros(1, c, h, w))).numel()
@@ -114,8 +118,9 @@ class ImageEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         h, w, c = self.shape
-        img = (x.reshape(-1, h, w, c) / self.scale).permute(0, 3, 1, 2)
-        return torch.relu(self.out(self.conv(self.pool(img)).flatten(1))).reshape(*lead, -1)
+        # Pooled before scaling: the division then touches k*k times fewer values.
+        img = self.pool(x.reshape(-1, h, w, c).permute(0, 3, 1, 2)) / self.scale
+        return torch.relu(self.out(self.conv(img).flatten(1))).reshape(*lead, -1)
 
 
 class Actor(nn.Module):
@@ -135,6 +140,7 @@ class Actor(nn.Module):
         agent_id: With ``share_params``, append the one-hot agent id to each input. Default True.
             False: the network reads the observation alone, so it runs at any number of agents.
         hidden: Hidden width. Default 64.
+        log_std_init: Initial log standard deviation of a continuous action's Gaussian. Default -0.5.
         low: Lower bounds of a continuous action (one per dimension); None: unbounded.
         high: Upper bounds of a continuous action; None: unbounded.
         image_shape: (H, W, C) of an image observation: a CNN encoder reads it first.
@@ -143,7 +149,8 @@ class Actor(nn.Module):
     """
 
     def __init__(self, num_agents: int, obs_dim: int, act_dim: int, *, continuous: bool, share_params: bool,
-                 agent_id: bool = True, hidden: int = 64, low: list[float] | None = None, high: list[float] | None = None,
+                 agent_id: bool = True, hidden: int = 64, log_std_init: float = -0.5,
+                 low: list[float] | None = None, high: list[float] | None = None,
                  image_shape: tuple[int, int, int] | None = None, image_scale: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -163,7 +170,7 @@ class Actor(nn.Module):
             self.register_buffer("center", (hi + lo) / 2)
             self.register_buffer("half_range", (hi - lo) / 2)
         if continuous:
-            self.log_std = nn.Parameter(torch.full((num_agents, act_dim), -0.5))
+            self.log_std = nn.Parameter(torch.full((num_agents, act_dim), float(log_std_init)))
 
     def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
         """The distribution of every agent (over ``u`` before squashing); ``obs`` is [..., n, obs_dim]."""
@@ -201,17 +208,42 @@ class Actor(nn.Module):
         return dist.mean if self.continuous else dist.logits.argmax(-1)
 
 
-class CentralCritic(nn.Module):
-    """V(state) for every agent: its only input is the global state ``[..., state_dim]``."""
+def state_image(space: object, encoder: str = "auto") -> dict[str, object]:
+    """The :class:`CentralCritic` image arguments for a state space, ``{}`` for a flat state.
 
-    def __init__(self, num_agents: int, state_dim: int, hidden: int = 64, generator: torch.Generator | None = None) -> None:
+    ``auto`` reads an (H, W, C) state with C <= 4 and H, W >= 8 as an image (as the actors'
+    observations), ``cnn`` any (H, W, C) state, ``mlp`` none. uint8 values are divided by 255.
+    """
+    shape = tuple(int(d) for d in getattr(space, "shape", None) or ())
+    if encoder == "mlp" or len(shape) != 3 or (encoder == "auto" and not (shape[2] <= 4 and min(shape[:2]) >= 8)):
+        return {}
+    return {"image_shape": shape, "image_scale": 255.0 if str(getattr(space, "dtype", "")) == "uint8" else 1.0}
+
+
+class CentralCritic(nn.Module):
+    """V(state) for every agent: its only input is the global state ``[..., state_dim]``.
+
+    Args:
+        num_agents: Agents valued (one output each).
+        state_dim: Width of the (flattened) state.
+        hidden: Hidden width. Default 64.
+        image_shape: (H, W, C) of an image state (cooperative_pong's screen): an
+            :class:`ImageEncoder` reads it first, instead of a first layer with a weight per
+            pixel (6.5 million at 140x240x3). Default None: an MLP on the flat state.
+        image_scale: Divisor of the image's values (255 for uint8). Default 1.
+        generator: Generator of the initial weights.
+    """
+
+    def __init__(self, num_agents: int, state_dim: int, hidden: int = 64, generator: torch.Generator | None = None,
+                 image_shape: tuple[int, int, int] | None = None, image_scale: float = 1.0) -> None:
         super().__init__()
         self.in_features = state_dim
-        self.net = agent_mlp(1, state_dim, hidden, num_agents, out_gain=1.0, generator=generator)
+        self.encoder = ImageEncoder(image_shape, hidden, image_scale, generator=generator) if image_shape else None
+        self.net = agent_mlp(1, hidden if image_shape else state_dim, hidden, num_agents, out_gain=1.0, generator=generator)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """Values [..., N] from state [..., state_dim]."""
-        return self.net(state)
+        return self.net(self.encoder(state) if self.encoder is not None else state)
 
 
 class LocalCritic(nn.Module):

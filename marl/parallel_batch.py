@@ -283,6 +283,7 @@ class ParallelBatch:
         self.act_dim = max(L.action_sizes)
         self.state_dim = L.state_dim
         self.first_index = first_index
+        self.state_space = first.state_space if L.has_state else None  # its shape tells an image state
         # Two halves the caller may step apart (one while it computes the other's actions).
         half = num_envs // 2
         self.parts: list[tuple[int, int]] = [(0, half), (half, num_envs)] if num_envs > 1 else [(0, num_envs)]

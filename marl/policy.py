@@ -153,11 +153,13 @@ class GroupedActor(nn.Module):
         agent_id: With ``share_params``, the shared actor also reads a one-hot agent id. Default True.
         hidden: Hidden width.
         encoder: ``auto`` (a CNN for image observations), ``mlp`` or ``cnn``.
+        log_std_init: Initial log standard deviation of continuous actions. Default -0.5.
         generator: Generator of the initial weights.
     """
 
     def __init__(self, groups: list[Group], num_agents: int, *, share_params: bool, agent_id: bool = True,
-                 hidden: int = 64, encoder: str = "auto", generator: torch.Generator | None = None) -> None:
+                 hidden: int = 64, encoder: str = "auto", log_std_init: float = -0.5,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.groups = list(groups)
         self.num_agents = num_agents
@@ -167,7 +169,7 @@ class GroupedActor(nn.Module):
             if use_cnn and len(g.obs_shape) != 3:
                 raise ValueError(f"encoder 'cnn' needs (H, W, C) observations; group {g.name!r} has shape {g.obs_shape}")
             self.actors.append(Actor(len(g.agents), g.obs_dim, g.size, continuous=not g.discrete, share_params=share_params,
-                                     agent_id=agent_id, hidden=hidden, low=list(g.low) if g.low else None, high=list(g.high) if g.high else None,
+                                     agent_id=agent_id, hidden=hidden, log_std_init=log_std_init, low=list(g.low) if g.low else None, high=list(g.high) if g.high else None,
                                      image_shape=g.obs_shape if use_cnn else None, image_scale=g.obs_scale, generator=generator))
             if not use_cnn and g.obs_scale != 1.0:
                 self.actors[-1].obs_scale = g.obs_scale
