@@ -257,7 +257,8 @@ class ParallelBatch:
         num_envs: Number of copies B.
         seed: Seed of the copies' generators that draw every episode's reset seed. Default 0.
         device: Torch device of the returned tensors. Default "cpu".
-        env_workers: Processes stepping the copies (0: all in this process). Default 0.
+        env_workers: Processes stepping the copies (0: all in this process). Default 0. At most
+            one per copy of the larger half is started (:attr:`env_workers` says how many run).
         first_index: Index of the first copy in a larger batch (its seeds follow). Default 0.
         **env_kwargs: Keyword arguments of ``envs.make``.
     """
@@ -282,8 +283,8 @@ class ParallelBatch:
         self.obs_dim = L.obs_dim
         self.act_dim = max(L.action_sizes)
         self.state_dim = L.state_dim
-        self.first_index = first_index
         self.state_space = first.state_space if L.has_state else None  # its shape tells an image state
+        self.first_index = first_index
         # Two halves the caller may step apart (one while it computes the other's actions).
         half = num_envs // 2
         self.parts: list[tuple[int, int]] = [(0, half), (half, num_envs)] if num_envs > 1 else [(0, num_envs)]
