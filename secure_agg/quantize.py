@@ -34,8 +34,8 @@ class Quantization:
     Args:
         clip: Entries are clipped to [-clip, clip] (must be > 0).
         bits: The modulus is 2**bits (1 to 64; 32 by default).
-        scale: Integers per unit; ``None`` picks the largest scale that cannot wrap for the
-            number of clients. A given scale that could wrap is an error.
+        scale: Integers per unit; ``None`` picks the largest power of two that cannot wrap
+            for the number of clients. A given scale that could wrap is an error.
     """
 
     clip: float
@@ -153,6 +153,8 @@ def quantize_into(values: np.ndarray, weight: float, quantizer: Quantizer, out: 
         ``out``.
     """
     flat = np.asarray(values).reshape(-1)
+    if not out.flags.c_contiguous:
+        raise SecAggError("quantize_into writes into out's own memory: it must be C-contiguous")
     words = out.reshape(-1)
     if words.size != flat.size:
         raise SecAggError(f"quantize_into: {flat.size} values but {words.size} output words")
