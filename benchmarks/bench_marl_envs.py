@@ -42,16 +42,26 @@ CASES: list[tuple[str, str, dict[str, Any], str, int, int, int, dict[str, Any]]]
     ("simple_tag", "mpe/simple_tag-v3", {}, "parallel", 40_000, 4_000, 32, {"num_envs": 16}),
     ("pursuit", "sisl/pursuit-v5", {"max_cycles": 100}, "parallel", 24_000, 2_000, 32,
      {"num_envs": 16, "rollout_steps": 50, "env_workers": 2}),
-    ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200}, "parallel", 30_000, 4_000, 16,
+    ("knights_archers_zombies", "butterfly/knights_archers_zombies-v11", {"max_cycles": 200}, "parallel", 100_000, 4_000, 32,
      {"num_envs": 16, "rollout_steps": 50, "env_workers": 2, "lr": 1e-3}),
-    ("multiwalker", "sisl/multiwalker-v9", {"max_cycles": 200}, "parallel", 30_000, 4_000, 16,
+    ("multiwalker", "sisl/multiwalker-v9", {"max_cycles": 200}, "parallel", 150_000, 4_000, 16,
      {"num_envs": 16, "rollout_steps": 50, "env_workers": 2, "lr": 1e-3, "gamma": 0.99}),
     ("cooperative_pong", "butterfly/cooperative_pong-v6", {"max_cycles": 200, "render_ratio": 4}, "parallel", 5_000, 1_000, 32,
      {"num_envs": 8, "rollout_steps": 32, "env_workers": 2, "num_minibatches": 2, "lr": 5e-4}),
 ]
 
 # Why a case departs from the environment's defaults or the trainer's (printed with its line).
-NOTES: dict[str, str] = {}
+NOTES: dict[str, str] = {
+    "pursuit": "max_cycles=100 (default 500): a fifth of the cost per episode; every policy pays the urgency "
+               "reward -0.1 per step (-10 per agent over 100), so catches (+5, four pursuers surround an evader, "
+               "surround=True as by default) are what lifts the return above -10",
+    "knights_archers_zombies": "max_cycles=200 (default 900): shorter episodes, more of them per budget",
+    "multiwalker": "max_cycles=200 (default 500): shorter episodes; falling still ends the episode with -100 "
+                   "(terminate_on_fall, shared_reward as by default)",
+    "cooperative_pong": "render_ratio=4 (default 2): 140x240 screens, a quarter of the pixels (the ball, 5 px, and "
+                        "the paddles, 5 and 7 px wide, survive the encoder's 3x3 block average); max_cycles=200 "
+                        "(default 900): 0.5 per step in play (100 / max_cycles), -10 and the end when the ball leaves",
+}
 
 
 def line(**values: Any) -> None:
@@ -106,6 +116,17 @@ def train_case(cfg: MAPPOConfig, episodes: int | None) -> dict[str, Any]:
     return out
 
 
+def learners_case(cfg: MAPPOConfig) -> dict[str, Any]:
+    """Trains ``cfg`` with ``cfg.workers`` local learner processes; wall time from launch to the last join."""
+    from marl.distributed import LearnerJob, run_local
+
+    t0 = time.perf_counter()
+    outs = run_local(LearnerJob(config=cfg.model_dump(), seed=0))
+    wall = time.perf_counter() - t0
+    steps = int(outs[0]["metrics"][-1]["env_steps"])
+    return {"env_steps": steps, "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 1)}
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument("--only", nargs="*", help="case names to run"))
     torch.set_num_threads(1)
@@ -130,7 +151,7 @@ def main() -> None:
                  initial=round(init, 3), initial_std=round(sd_init, 3), learned=round(ours - init, 3),
                  learned_se=_in_se(ours - init, sd_ours, sd_init, n), budget_steps=res["env_steps"],
                  env_kwargs=kwargs, overrides=over, note=NOTES.get(name, ""), num_envs=cfg.num_envs, env_workers=cfg.env_workers, env_steps_per_s=res["steps_per_s"],
-                 wall_s=res["wall_s"], eval_episodes=4 if args.quick else episodes, cores=cores, load_average=load)
+                 wall_s=res["wall_s"], train_cpu_s=round(res["main_cpu_s"] + res["worker_cpu_s"], 1), eval_episodes=4 if args.quick else episodes, cores=cores, load_average=load)
     # Throughput of non-batched envs: the same training with the copies stepped in the trainer's
     # process (env_workers=0, the reference) and in 1 and 2 worker processes, side by side.
     from envs.registry import make as make_env
@@ -161,6 +182,20 @@ def main() -> None:
                  main_cpu_s=r["main_cpu_s"], worker_cpu_s=r["worker_cpu_s"], reference_cpu_s=ref["main_cpu_s"],
                  load_average=r["load_average"], reference_load_average=ref["load_average"],
                  steps_per_s_by_env_workers={w: rates[w]["steps_per_s"] for w in rates})
+        # The other way to use the cores: 2 data-parallel learners (train.workers=2, marl.distributed),
+        # each stepping its half of the copies in its own process and updating on its half of each
+        # minibatch, gradients summed over the ring; the same optimizer steps as one process
+        # (tests/marl/test_data_parallel.py). End to end: process start-up is in the clock.
+        load_before = round(os.getloadavg()[0], 2)
+        r = learners_case(cfg.model_copy(update={"env_workers": 0, "workers": 2}))
+        line(bench="marl_envs", case=f"{name} training throughput, 2 data-parallel learners (train.workers=2)",
+             unit="env-steps/s", ours=r["steps_per_s"], reference=ref["steps_per_s"],
+             ratio=round(r["steps_per_s"] / ref["steps_per_s"], 4),
+             reference_name="same training, every copy stepped in the trainer's process (env_workers=0)",
+             workers=2, cores=cores, cores_used=min(2, cores), reference_cores_used=1, torch_threads=cfg.threads,
+             num_envs=cfg.num_envs, rollout_steps=cfg.rollout_steps, budget_steps=r["env_steps"], wall_s=r["wall_s"],
+             reference_wall_s=ref["wall_s"], load_average=[load_before, round(os.getloadavg()[0], 2)],
+             reference_load_average=ref["load_average"])
 
 if __name__ == "__main__":
     main()
