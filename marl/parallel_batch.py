@@ -32,7 +32,11 @@ learner's shard): copy ``i`` seeds its generator with ``[seed, k + i]``, as in t
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
+import sys
 from typing import Any
 
 import numpy as np
@@ -186,8 +190,30 @@ class _Shard:
             env.close()
 
 
-def _serve(conn: Any, env_id: str, env_kwargs: dict[str, Any], indices: list[int], seed: int, layout: _Layout) -> None:
+def _die_with_parent(parent_ends: list[Any]) -> None:
+    """Makes this forked worker end when the process that started it ends, however it ends.
+
+    A forked child inherits the parent's end of its own pipe (and of the pipes of workers
+    started before it); holding them open, it would never see end-of-file when the parent is
+    killed and would live on as an orphan. So it closes them, and on Linux it also asks the
+    kernel for SIGKILL when its parent exits (``PR_SET_PDEATHSIG``).
+    """
+    for end in parent_ends:
+        end.close()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass  # end-of-file on the pipe still ends the worker
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _serve(conn: Any, env_id: str, env_kwargs: dict[str, Any], indices: list[int], seed: int, layout: _Layout,
+           parent_ends: list[Any]) -> None:
     """A worker process: one shard, ``(method, args)`` commands from the pipe until ``close``."""
+    _die_with_parent(parent_ends)
     try:
         shard = _Shard(env_id, env_kwargs, indices, seed, layout)
     except BaseException as exc:  # noqa: BLE001 -- reported to the parent, which raises it
@@ -211,10 +237,13 @@ class _Remote:
     commands sent before it, so two halves in flight can be collected in either order.
     """
 
-    def __init__(self, ctx: Any, env_id: str, env_kwargs: dict[str, Any], indices: list[int], seed: int, layout: _Layout) -> None:
+    def __init__(self, ctx: Any, env_id: str, env_kwargs: dict[str, Any], indices: list[int], seed: int, layout: _Layout,
+                 siblings: list[_Remote] | None = None) -> None:
         self.indices = list(indices)
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, env_id, env_kwargs, indices, seed, layout), daemon=True)
+        # The child closes the parent's ends it inherits: its own and its elder siblings'.
+        ends = [self.conn] + [r.conn for r in siblings or []]
+        self.proc = ctx.Process(target=_serve, args=(child, env_id, env_kwargs, indices, seed, layout, ends), daemon=True)
         self.proc.start()
         child.close()
         self._sent: list[Any] = ["start"]  # tags of the replies still to come, oldest first
@@ -303,7 +332,9 @@ class ParallelBatch:
             # fork: the children inherit the registry, so environments a user's module
             # registered are known there too.
             ctx = mp.get_context("fork")
-            self._remotes = [_Remote(ctx, env_id, env_kwargs, (rows + first_index).tolist(), seed, L) for rows in self._rows]
+            self._remotes = []
+            for rows in self._rows:
+                self._remotes.append(_Remote(ctx, env_id, env_kwargs, (rows + first_index).tolist(), seed, L, self._remotes))
             for r in self._remotes:
                 r.recv()
         self.env_workers = len(self._remotes)

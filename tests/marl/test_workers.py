@@ -142,3 +142,44 @@ def test_a_row_of_a_network_call_depends_on_its_own_inputs_and_the_batch_shape_o
     stale[3:] = torch.rand(4, 3, obs_dim, generator=gen)
     with torch.no_grad():
         assert torch.equal(actor.distribution(stale).logits[:3], actor.distribution(whole).logits[:3])
+
+
+_KILLED_TRAINER = """
+from marl.parallel_batch import ParallelBatch
+import numpy as np, sys, time, torch
+env = ParallelBatch("mpe/simple_spread-v3", num_envs=4, seed=0, env_workers=2)
+env.reset(seed=0)
+print("ready", flush=True)
+while True:
+    env.step(torch.zeros((4, 3), dtype=torch.long))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_env_workers_end_when_their_parent_is_killed(sig: str) -> None:
+    # A forked worker holds inherited copies of the parent's pipe ends; unless it closes them
+    # (and asks for a parent-death signal) it never sees end-of-file and lives on as an orphan.
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_TRAINER], stdout=subprocess.PIPE, text=True)
+    workers: list[psutil.Process] = []
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(workers, timeout=60)
+        assert alive == [], f"env workers left running after the parent's {sig}: {[p.pid for p in alive]}"
+    finally:
+        for p in workers:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.kill()
+        proc.wait()
