@@ -332,7 +332,8 @@ def bench_flower(quick: bool, sizes: list[str] | None = None, workloads: list[st
     # uses the same number of share holders (neighbours = shares - 1) and the same t.
     cases = [(5, 10_000, 5, 3)] if quick else [FLOWER_CASES[k] for k in (sizes or FLOWER_CASES)]
     workloads = ["zero-cost"] if quick else list(workloads or WORKLOADS)
-    rounds = 3 if quick else 4
+    # Steady-state medians over rounds 2..6 (five samples): one slow or fast round moves them little.
+    rounds = 3 if quick else 6
     for workload in workloads:
         for n, params, shares, t in cases:
             neighbours = 0 if shares >= n else shares - 1
