@@ -230,9 +230,11 @@ def _run_once(ctx: Any, fn: Callable[..., Any], world_size: int, args: tuple[Any
     # Start-up (importing torch in a spawned child) is not part of the collective timeout.
     deadline = time.monotonic() + timeout_s + 30.0 + 5.0 * world_size
     first_failure: float | None = None
+    started: list[Any] = []  # only these can be joined: a failed start must surface its own error
     try:
         for p in procs:
             p.start()
+            started.append(p)
         while len(outcome) < world_size:
             now = time.monotonic()
             if now > deadline:
@@ -262,12 +264,12 @@ def _run_once(ctx: Any, fn: Callable[..., Any], world_size: int, args: tuple[Any
                         if first_failure is None:
                             first_failure = time.monotonic()
     finally:
-        for p in procs:
+        for p in started:
             p.join(timeout=2.0 if first_failure is None else 0.5)
-        for p in procs:
+        for p in started:
             if p.is_alive():
                 p.terminate()
-        for p in procs:
+        for p in started:
             p.join(timeout=2.0)
             if p.is_alive():
                 p.kill()

@@ -43,3 +43,14 @@ def test_bad_arguments_are_named() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="backend 'nccl' needs CUDA"):
             launch(_ranks, 1, backend="nccl")
+
+
+def test_a_worker_that_cannot_start_raises_its_own_error() -> None:
+    # A lambda cannot be pickled for a spawned/forkserver child: the start fails. The error
+    # the user sees must be that one, not "can only join a started process" from the clean-up.
+    import pickle
+
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)) as info:
+        launch(_ranks, 2, lambda: 0, start_method="spawn", timeout_s=10)
+    assert "can only join a started process" not in str(info.value)
+    assert [p for p in mp.active_children() if p.name.startswith("agora-rank")] == []
