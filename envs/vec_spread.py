@@ -167,8 +167,11 @@ class VecSimpleSpread:
         draw = torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)[start:start + self.num_envs] * 2 - 1
         m = mask.view(-1, 1, 1)
         self.agent_pos = torch.where(m, draw[:, : self.num_agents], self.agent_pos)
-        self.landmark_pos = torch.where(m, draw[:, self.num_agents :] * self.landmark_half + self.landmark_mid,
-                                        self.landmark_pos)
+        landmarks = draw[:, self.num_agents :]
+        if not (isinstance(self.landmark_half, float) and self.landmark_half == 1.0 and self.landmark_mid == 0.0):
+            # Only a moved range pays the two passes (the default is every reset of every run).
+            landmarks = landmarks * self.landmark_half + self.landmark_mid
+        self.landmark_pos = torch.where(m, landmarks, self.landmark_pos)
         self.agent_vel = torch.where(m, torch.zeros_like(self.agent_vel), self.agent_vel)
         self.steps = torch.where(mask, torch.zeros_like(self.steps), self.steps)
         self._pairs = None
