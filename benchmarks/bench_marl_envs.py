@@ -182,6 +182,16 @@ def main() -> None:
                  main_cpu_s=r["main_cpu_s"], worker_cpu_s=r["worker_cpu_s"], reference_cpu_s=ref["main_cpu_s"],
                  load_average=r["load_average"], reference_load_average=ref["load_average"],
                  steps_per_s_by_env_workers={w: rates[w]["steps_per_s"] for w in rates})
+        # The workers' cores are idle while the trainer updates: the update on 2 torch threads
+        # (train.update_threads=2), against the same option in one process (the fair reference) too.
+        upd = {w: train_case(cfg.model_copy(update={"env_workers": w, "update_threads": 2}), None) for w in (0, 2)}
+        line(bench="marl_envs", case=f"{name} training throughput, env_workers=2, update_threads=2", unit="env-steps/s",
+             ours=upd[2]["steps_per_s"], reference=ref["steps_per_s"], ratio=round(upd[2]["steps_per_s"] / ref["steps_per_s"], 4),
+             reference_name="same training, every copy stepped in the trainer's process (env_workers=0), update on 1 thread",
+             one_process_update_threads_2=upd[0]["steps_per_s"],
+             ratio_to_one_process_update_threads_2=round(upd[2]["steps_per_s"] / upd[0]["steps_per_s"], 4),
+             env_workers=2, update_threads=2, cores=cores, num_envs=cfg.num_envs, rollout_steps=cfg.rollout_steps,
+             budget_steps=upd[2]["env_steps"], wall_s=upd[2]["wall_s"], load_average=round(os.getloadavg()[0], 2))
         # The other way to use the cores: 2 data-parallel learners (train.workers=2, marl.distributed),
         # each stepping its half of the copies in its own process and updating on its half of each
         # minibatch, gradients summed over the ring; the same optimizer steps as one process

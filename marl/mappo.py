@@ -75,6 +75,8 @@ class MAPPOConfig(BaseModel):
     value_norm: bool = Field(True, description="Normalize value targets with running statistics.")
     device: str = Field("cpu", description="Torch device: cpu, cuda or cuda:K (cuda only where available).")
     threads: int = Field(1, ge=1, le=256, description="Torch CPU threads for the run (networks this small run best on one).")
+    update_threads: int | None = Field(None, ge=1, le=256, description="Torch CPU threads during each PPO update (None: threads). "
+                                       "With env_workers the cores that step the copies are idle while the trainer updates.")
     teams: dict[str, list[str]] | None = Field(None, description="Team name -> agent-name prefixes; one learner per team. "
                                                "Default: the environment's registered teams, else one team of all agents.")
     encoder: Literal["auto", "mlp", "cnn"] = Field("auto", description="Observation (and image state) encoder: auto (a CNN for images), mlp or cnn.")
@@ -362,6 +364,22 @@ class MAPPO:
 
     # -- phase 3: update -----------------------------------------------------------------------
     def update(self, buf: dict[str, Any]) -> dict[str, float]:
+        """PPO epochs over minibatches of environments (see :meth:`_update`), on ``update_threads`` torch threads.
+
+        The thread count the run had is restored afterwards, also when the update raises: the
+        rollout that follows runs the policy on it while the env workers take the other cores.
+        """
+        wanted = self.cfg.update_threads
+        before = torch.get_num_threads()
+        if wanted is None or wanted == before:
+            return self._update(buf)
+        torch.set_num_threads(wanted)
+        try:
+            return self._update(buf)
+        finally:
+            torch.set_num_threads(before)
+
+    def _update(self, buf: dict[str, Any]) -> dict[str, float]:
         """PPO epochs over minibatches of environments (each keeps its whole rollout).
 
         Each team's losses are means over its active agent-steps only; one backward pass
