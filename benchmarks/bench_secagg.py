@@ -16,7 +16,9 @@ Three parts, one JSON line per case (see benchmarks/common.py):
    Message-API FedAvg, both run by Flower's own round loop (``Strategy.start``) on the same
    clients (10 x 100k and 50 x 1M parameters); the same FedAvg rounds on SecureFedAvg's
    faster polling (so the difference is the protocol alone); the floor of any protocol that
-   must learn the survivors before unmasking (FedAvg plus one exchange of empty messages);
+   must learn the survivors before unmasking (FedAvg plus one exchange of empty messages; the
+   floor and ours run two loops each, in the order floor, ours, ours, floor, so that a drift of
+   a shared machine's speed during the case moves both alike);
    and Flower's legacy SecAgg+
    workflow (``SecAggPlusWorkflow`` + ``secaggplus_mod``) with the same clients, vector
    size, share count and threshold. Two workloads: a local update of negligible cost (the
@@ -192,7 +194,8 @@ def flower_ours(n: int, params: int, rounds: int, neighbours: int, threshold: fl
     from secure_agg import SecAggServer
 
     times: dict[str, Any] = {"plain": [], "plain_fast": [], "floor": [], "secure": [], "active": [],
-                             "secure_phases": [], "active_phases": []}
+                             "secure_phases": [], "active_phases": [], "floor_phases": [],
+                             "floor_first": [], "secure_first": [], "active_first": []}
     has_active = "active" in inspect.signature(SecAggServer.__init__).parameters
 
     class OneMoreExchange(FedAvg):
@@ -237,10 +240,26 @@ def flower_ours(n: int, params: int, rounds: int, neighbours: int, threshold: fl
                 t0 = time.perf_counter()
                 fast.aggregate_train(r, exchange(grid, list(fast.configure_train(r, arrays, ConfigRecord(), grid)), 600))
                 times["plain_fast"].append(time.perf_counter() - t0)
-            _timed(OneMoreExchange, times["floor"])(**nodes).start(grid, arrays, num_rounds=rounds)
-            _timed(SecureFedAvg, times["secure"], times["secure_phases"])(secagg, **nodes).start(grid, arrays, num_rounds=rounds)
+
+            def steady(kind: str, cls: type, *args: Any) -> None:
+                # One Strategy.start loop; its round 1 (the first session opening, for ours) is
+                # kept apart from the steady-state rounds.
+                got: list[float] = []
+                phases: list[dict[str, float]] = []
+                _timed(cls, got, phases)(*args, **nodes).start(grid, arrays, num_rounds=rounds)
+                times[f"{kind}_first"].append(got[0])
+                times[kind].extend(got[1:])
+                times[f"{kind}_phases"].extend(phases[1:])
+
+            # The floor and ours alternate, floor-ours-ours-floor: on a shared machine whose speed
+            # drifts during a case, a drift moves both alike instead of whichever ran later.
+            for kind in ("floor", "secure", "secure", "floor"):
+                if kind == "floor":
+                    steady(kind, OneMoreExchange)
+                else:
+                    steady(kind, SecureFedAvg, secagg)
             if has_active:
-                _timed(SecureFedAvg, times["active"], times["active_phases"])(active, **nodes).start(grid, arrays, num_rounds=rounds)
+                steady("active", SecureFedAvg, active)
             sink.append(times)
         except Exception as exc:  # run_apps re-raises it in this process
             sink.append(exc)
@@ -332,7 +351,8 @@ def bench_flower(quick: bool, sizes: list[str] | None = None, workloads: list[st
     # uses the same number of share holders (neighbours = shares - 1) and the same t.
     cases = [(5, 10_000, 5, 3)] if quick else [FLOWER_CASES[k] for k in (sizes or FLOWER_CASES)]
     workloads = ["zero-cost"] if quick else list(workloads or WORKLOADS)
-    # Steady-state medians over rounds 2..6 (five samples): one slow or fast round moves them little.
+    # Steady-state medians over rounds 2..6 of each loop (five samples; ten for the floor and ours, which
+    # run two loops each, floor-ours-ours-floor): one slow or fast round moves them little.
     rounds = 3 if quick else 6
     for workload in workloads:
         for n, params, shares, t in cases:
@@ -342,13 +362,15 @@ def bench_flower(quick: bool, sizes: list[str] | None = None, workloads: list[st
             legacy = flower_legacy_secaggplus(n, params, rounds, shares, t, workload)
             # Round 1 warms the actors (plain) or opens the first session (secure): report the
             # steady state, rounds 2 on; round 1 of the secure loop is printed beside it.
-            p, pf, fl, s, lg = (statistics.median(x[1:]) for x in
-                                (times["plain"], times["plain_fast"], times["floor"], times["secure"], legacy))
+            p, pf, lg = (statistics.median(x[1:]) for x in (times["plain"], times["plain_fast"], legacy))
+            # The floor's and ours' lists hold steady-state rounds only (two loops each).
+            fl, s = statistics.median(times["floor"]), statistics.median(times["secure"])
             what = ("local update of negligible cost" if workload == "zero-cost" else
                     f"digits MLP 64-{hidden_for(params)}-10, 5 local epochs (federated.task)")
             case = f"flower {n}x{params} shares={shares} t={t} {workload}"
             # The machine is shared: the 1-minute load average at the end of the case goes with every number.
-            common = {"workload": what, "rounds": rounds, "secure_first_round_s": round(times["secure"][0], 4),
+            common = {"workload": what, "rounds": rounds, "secure_first_round_s": round(times["secure_first"][0], 4),
+                      "floor_and_ours_order": "floor, ours, ours, floor", "steady_rounds_each": len(times["secure"]),
                       "load_avg_1m": round(os.getloadavg()[0], 2)}
             emit(BENCH, case + " ours vs plain FedAvg", "s/round", s, p,
                  reference_name="Flower FedAvg, Message API, Flower's round loop (Strategy.start)",
@@ -360,15 +382,15 @@ def bench_flower(quick: bool, sizes: list[str] | None = None, workloads: list[st
             emit(BENCH, case + " ours vs the one-extra-exchange floor", "s/round", s, fl,
                  reference_name="plain FedAvg + one exchange of empty messages (Strategy.start)",
                  higher_is_better=False, ours_over_floor=round(s / fl, 3),
-                 secure_phases_s=_median_phases(times["secure_phases"][1:]),
+                 secure_phases_s=_median_phases(times["secure_phases"]),
                  target_over_floor=1.05 if params <= 100_000 else 1.3, **common)
             if times["active"]:
-                act = statistics.median(times["active"][1:])
+                act = statistics.median(times["active"])
                 emit(BENCH, case + " active vs semi-honest", "s/round", act, s,
                      reference_name="ours, semi-honest (the default), same clients and rounds",
                      higher_is_better=False, active_over_semi_honest=round(act / s, 3),
-                     target=1.5 if params >= 1_000_000 else None, active_first_round_s=round(times["active"][0], 4),
-                     active_phases_s=_median_phases(times["active_phases"][1:]),
+                     target=1.5 if params >= 1_000_000 else None, active_first_round_s=round(times["active_first"][0], 4),
+                     active_phases_s=_median_phases(times["active_phases"]),
                      **common)
             emit(BENCH, case + " ours vs plain FedAvg on our polling", "s/round", s, pf,
                  reference_name="the same FedAvg rounds pushed/pulled with SecureFedAvg's exchange()",
