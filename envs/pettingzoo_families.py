@@ -31,7 +31,15 @@ FAMILIES = {
 }
 
 
-def _pettingzoo_env(module: str, packages: str, **kwargs: Any) -> Any:
+# Keyword arguments an id gets unless the caller passes them. cooperative_pong's observations
+# and state are its pygame screen, which PettingZoo draws only inside render(), and render()
+# draws nothing without a render mode: with the default (None) every observation is black, and
+# no policy can learn from it.
+DEFAULT_KWARGS: dict[str, dict[str, Any]] = {"butterfly/cooperative_pong-v6": {"render_mode": "rgb_array"}}
+
+
+def _pettingzoo_env(module: str, packages: str, defaults: dict[str, Any], **kwargs: Any) -> Any:
+    kwargs = {**defaults, **kwargs}
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -41,4 +49,4 @@ def _pettingzoo_env(module: str, packages: str, **kwargs: Any) -> Any:
 
 
 for _id, (_module, _packages, _text) in FAMILIES.items():
-    register(_id, partial(_pettingzoo_env, _module, _packages), description=f"PettingZoo: {_text}")
+    register(_id, partial(_pettingzoo_env, _module, _packages, DEFAULT_KWARGS.get(_id, {})), description=f"PettingZoo: {_text}")
