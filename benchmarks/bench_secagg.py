@@ -253,11 +253,9 @@ def flower_ours(n: int, params: int, rounds: int, neighbours: int, threshold: fl
 
             # The floor and ours alternate, floor-ours-ours-floor: on a shared machine whose speed
             # drifts during a case, a drift moves both alike instead of whichever ran later.
+            loops = {"floor": (OneMoreExchange,), "secure": (SecureFedAvg, secagg)}
             for kind in ("floor", "secure", "secure", "floor"):
-                if kind == "floor":
-                    steady(kind, OneMoreExchange)
-                else:
-                    steady(kind, SecureFedAvg, secagg)
+                steady(kind, *loops[kind])
             if has_active:
                 steady("active", SecureFedAvg, active)
             sink.append(times)
