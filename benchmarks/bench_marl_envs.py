@@ -46,7 +46,8 @@ CASES: list[tuple[str, str, dict[str, Any], str, int, int, int, dict[str, Any]]]
      {"num_envs": 16, "rollout_steps": 50, "env_workers": 2, "lr": 1e-3}),
     ("multiwalker", "sisl/multiwalker-v9", {"max_cycles": 200}, "parallel", 150_000, 4_000, 16,
      {"num_envs": 16, "rollout_steps": 50, "env_workers": 2, "lr": 1e-3, "gamma": 0.99}),
-    ("cooperative_pong", "butterfly/cooperative_pong-v6", {"max_cycles": 200, "render_ratio": 4}, "parallel", 30_000, 1_000, 32,
+    ("cooperative_pong", "butterfly/cooperative_pong-v6", {"max_cycles": 200, "render_ratio": 4, "image_pool": 3, "grayscale": True},
+     "parallel", 60_000, 1_000, 32,
      {"num_envs": 16, "rollout_steps": 32, "env_workers": 2, "num_minibatches": 4, "lr": 1e-3}),
 ]
 
@@ -81,12 +82,13 @@ def pong_tracker(env: Any) -> Any:
     pixels between the paddles' columns (the left paddle is ``20 // render_ratio`` wide, the
     right one, a stepped "cake" of four parts, ``4 * (30 // render_ratio)``); a paddle's centre
     is the mean lit row of its outermost columns. While the ball is inside a paddle's columns
-    (or the screen is blank) the paddles stay. A dead zone of 4 px keeps a paddle (12 px a
-    step) from oscillating around the ball.
+    (or the screen is blank) the paddles stay. A dead zone of 4 px (at render_ratio 4) keeps a paddle (12 px a
+    step) from oscillating around the ball (16 screen pixels, at least one observed pixel).
     """
     h, w, c = env.observation_space("paddle_0").shape
-    ratio_ = 960 // w
-    left, right = 20 // ratio_, 4 * (30 // ratio_)
+    ratio_ = 960 // w  # screen pixels per observed pixel: render_ratio times image_pool
+    left, right = max(1, 20 // ratio_), 4 * (30 // ratio_)
+    dead = max(1, 16 // ratio_)
 
     def act(obs: torch.Tensor) -> torch.Tensor:
         lit = obs.reshape(*obs.shape[:2], h, w, c).amax(-1) > 0  # [B, N, H, W]
@@ -101,8 +103,8 @@ def pong_tracker(env: Any) -> Any:
         pad_left, _ = mean_row(lit[..., :3])
         pad_right, _ = mean_row(lit[..., w - 3:])
         paddle_y = torch.stack((pad_left[:, 0], pad_right[:, 1]), dim=1)
-        up = seen & (ball_y < paddle_y - 4)
-        down = seen & (ball_y > paddle_y + 4)
+        up = seen & (ball_y < paddle_y - dead)
+        down = seen & (ball_y > paddle_y + dead)
         return up.long() * 1 + down.long() * 2  # 0 stay, 1 up, 2 down
 
     return act

@@ -93,10 +93,26 @@ def spec(env_id: str) -> EnvSpec:
         raise _unknown(env_id, list(_REGISTRY)) from None
 
 
+# Keyword arguments make() takes for itself, not the factory: image preprocessing (envs.image).
+IMAGE_OPTIONS = ("image_pool", "grayscale")
+
+
 def make(env_id: str, **kwargs: Any) -> Any:
-    """Builds the environment registered as ``env_id`` with ``kwargs`` over its defaults."""
+    """Builds the environment registered as ``env_id`` with ``kwargs`` over its defaults.
+
+    ``image_pool=k`` and ``grayscale=True`` are not passed to the factory: the environment's
+    image observations and state are reduced to their grayscale and/or ``k x k`` block
+    averages (:class:`envs.image.ImagePreprocess`).
+    """
     s = spec(env_id)
-    return s.factory(**{**dict(s.defaults), **kwargs})
+    options = {k: kwargs.pop(k) for k in IMAGE_OPTIONS if k in kwargs}
+    if options:
+        from envs.image import ImagePreprocess
+
+        # Checked before the environment is built (pygame windows, worker processes).
+        ImagePreprocess.check_options(**options)
+    env = s.factory(**{**dict(s.defaults), **kwargs})
+    return ImagePreprocess(env, **options) if options else env
 
 
 def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from envs.registry import make
+from envs.registry import IMAGE_OPTIONS, make
 from experiments import ExperimentConfig, RunContext, UserError, register_kind
 
 
@@ -102,9 +102,22 @@ def check_env_kwargs(env_id: str, kwargs: dict[str, Any], *, key: str = "env") -
     params = env_parameters(env_id)
     prefix = key.rpartition(".")[0]
     kw = f"{prefix + '.' if prefix else ''}env_kwargs"
+    # envs.make's own options (image preprocessing), not the constructor's.
+    image = {k: v for k, v in kwargs.items() if k in IMAGE_OPTIONS}
+    if image:
+        from envs.image import ImagePreprocess
+
+        try:
+            ImagePreprocess.check_options(**image)
+        except ValueError as exc:
+            raise ValueError(f"{kw}.{str(exc).split()[0]}: {exc}") from None
     if params is None:
+        if image:
+            _build_check(env_id, kwargs, kw)  # whether the environment has images to reduce
         return
     for name, value in kwargs.items():
+        if name in IMAGE_OPTIONS:
+            continue
         if name not in params:
             raise ValueError(f"{kw}.{name}: {env_id} takes no argument {name!r} (allowed: {', '.join(params)})")
         default = params[name].default
@@ -133,6 +146,10 @@ def check_env_kwargs(env_id: str, kwargs: dict[str, Any], *, key: str = "env") -
                 raise ValueError(f"{where}: expected a string or null")
     # The environment's own checks (n_agents >= 2, k < n_agents, ...) on values now known to be
     # small: building it costs milliseconds.
+    _build_check(env_id, kwargs, kw)
+
+
+def _build_check(env_id: str, kwargs: dict[str, Any], kw: str) -> None:
     try:
         env = make(env_id, **kwargs)
     except (TypeError, ValueError) as exc:
