@@ -31,7 +31,7 @@ MAX_POOL = 64
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
-    """(H, W, C) with C <= 4 and H, W >= 8: what the CNN encoder reads as an image."""
+    """(H, W, C) with C <= 4 and H, W >= 8: an image here and to MAPPO's CNN encoders (``encoder=auto``)."""
     return len(shape) == 3 and shape[2] <= 4 and min(shape[0], shape[1]) >= 8
 
 
@@ -99,6 +99,7 @@ class ImagePreprocess(BaseParallelWrapper):
         self.check_options(image_pool, grayscale)
         super().__init__(env)
         self.image_pool, self.grayscale = int(image_pool), grayscale
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # the last screen reduced, and its reduction
         self._obs_spaces: dict[Any, spaces.Space] = {}
         self._images: set[Any] = set()
         for agent in env.possible_agents:
@@ -125,9 +126,21 @@ class ImagePreprocess(BaseParallelWrapper):
             raise ValueError(f"image_pool must be at most {min(shape[0], shape[1])}, the smaller side of {what} "
                              f"{tuple(shape)}, got {self.image_pool}")
 
+    def _reduce(self, raw: Any) -> np.ndarray:
+        # Agents often see one screen, and state() is that screen again (cooperative_pong: three
+        # equal arrays a step): an equal array reuses the last reduction, which costs a comparison
+        # instead of a reduction. The screen is kept as a copy, so an env that draws into the same
+        # buffer next step does not look equal to it.
+        raw = np.asarray(raw)
+        last = self._last
+        if last is not None and last[0].shape == raw.shape and last[0].dtype == raw.dtype and np.array_equal(last[0], raw):
+            return last[1].copy()
+        out = reduce_image(raw, self.image_pool, self.grayscale)
+        self._last = (raw.copy(), out)
+        return out.copy()
+
     def _obs(self, obs: dict[Any, Any]) -> dict[Any, Any]:
-        return {a: reduce_image(np.asarray(o), self.image_pool, self.grayscale) if a in self._images else o
-                for a, o in obs.items()}
+        return {a: self._reduce(o) if a in self._images else o for a, o in obs.items()}
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         obs, infos = self.env.reset(seed=seed, options=options)
@@ -139,7 +152,7 @@ class ImagePreprocess(BaseParallelWrapper):
 
     def state(self) -> np.ndarray:
         s = self.env.state()
-        return reduce_image(np.asarray(s), self.image_pool, self.grayscale) if self._state_image else s
+        return self._reduce(s) if self._state_image else s
 
     def observation_space(self, agent: Any) -> spaces.Space:
         return self._obs_spaces[agent]

@@ -107,10 +107,11 @@ def check_env_kwargs(env_id: str, kwargs: dict[str, Any], *, key: str = "env") -
     if image:
         from envs.image import ImagePreprocess
 
-        try:
-            ImagePreprocess.check_options(**image)
-        except ValueError as exc:
-            raise ValueError(f"{kw}.{str(exc).split()[0]}: {exc}") from None
+        for name, value in image.items():
+            try:
+                ImagePreprocess.check_options(**{name: value})
+            except ValueError as exc:
+                raise ValueError(f"{kw}.{name}: {exc}") from None
     if params is None:
         if image:
             _build_check(env_id, kwargs, kw)  # whether the environment has images to reduce

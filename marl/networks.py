@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from envs.image import is_image_shape
+
 
 class AgentLinear(nn.Module):
     """A linear layer applied to each agent's row: ``[..., N, in] -> [..., N, out]``.
@@ -215,7 +217,7 @@ def state_image(space: object, encoder: str = "auto") -> dict[str, object]:
     observations), ``cnn`` any (H, W, C) state, ``mlp`` none. uint8 values are divided by 255.
     """
     shape = tuple(int(d) for d in getattr(space, "shape", None) or ())
-    if encoder == "mlp" or len(shape) != 3 or (encoder == "auto" and not (shape[2] <= 4 and min(shape[:2]) >= 8)):
+    if encoder == "mlp" or len(shape) != 3 or (encoder == "auto" and not is_image_shape(shape)):
         return {}
     return {"image_shape": shape, "image_scale": 255.0 if str(getattr(space, "dtype", "")) == "uint8" else 1.0}
 

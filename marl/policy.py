@@ -34,6 +34,7 @@ from torch import nn
 
 from envs.api import Agent
 from envs.files import atomic_write_bytes
+from envs.image import is_image_shape
 from marl.networks import Actor
 
 FORMAT = "agora-policy-1"
@@ -139,8 +140,7 @@ def groups_of(env: Any, teams: dict[str, list[str]] | None = None) -> list[Group
 
 def is_image(group: Group) -> bool:
     """An observation the CNN encoder reads: (H, W, C) with C <= 4 and H, W >= 8."""
-    s = group.obs_shape
-    return len(s) == 3 and s[2] <= 4 and min(s[0], s[1]) >= 8
+    return is_image_shape(group.obs_shape)
 
 
 class GroupedActor(nn.Module):
