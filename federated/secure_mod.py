@@ -114,9 +114,10 @@ def client_vector(arrays: Mapping[str, Any], num_examples: int, metrics: Mapping
     pos = 0
     for v, n in zip(arrays.values(), sizes, strict=True):
         flat = np.asarray(v).reshape(-1)
-        if n and not (np.isfinite(flat.min()) and np.isfinite(flat.max())):
+        bounds = (flat.min(), flat.max()) if n else None
+        if bounds is not None and not (np.isfinite(bounds[0]) and np.isfinite(bounds[1])):
             raise SecAggError("cannot aggregate arrays holding NaN or infinite entries")
-        quantize_into(flat, w, quantizer, out[pos:pos + n], scratch)
+        quantize_into(flat, w, quantizer, out[pos:pos + n], scratch, value_range=bounds)
         pos += n
     extra = np.zeros(2 * len(metric_names))
     for i, name in enumerate(metric_names):
@@ -162,10 +163,14 @@ class SessionMasker:
 
     Args:
         context: This node's Flower context.
+        pending: The session and its masking request when the caller has them at hand (the
+            mod, which just read them and built the vector for this call alone, so it is
+            masked in its own memory); ``None`` reads both from ``context.state``.
     """
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, pending: tuple[SecAggClient, bytes] | None = None) -> None:
         self.context = context
+        self.pending = pending
 
     def mask(self, vector: np.ndarray) -> bytes:
         """The masked ``vector`` (words modulo 2**bits) as the signed reply to the pending request.
@@ -173,11 +178,17 @@ class SessionMasker:
         Raises:
             SecAggError: no session is open, no request is pending, or the protocol refuses it.
         """
-        if STATE_KEY not in self.context.state or REQUEST not in self.context.state[STATE_KEY]:
-            raise SecAggError("no masking request is pending on this node")
-        request = self.context.state[STATE_KEY][REQUEST]
-        client = _load(self.context)
-        masked = client.masked_input(bytes(request), vector)
+        own = self.pending is not None
+        if self.pending is not None:
+            client, request = self.pending
+            self.pending = None  # one answer per request
+        else:
+            if STATE_KEY not in self.context.state or REQUEST not in self.context.state[STATE_KEY]:
+                raise SecAggError("no masking request is pending on this node")
+            request = bytes(self.context.state[STATE_KEY][REQUEST])
+            client = _load(self.context)
+        # The mod's vector was built for this call only: it is masked in its own memory.
+        masked = client.masked_input(request, vector, in_place=own)
         _save(self.context, client)  # the request is answered: it is not kept
         return masked
 
@@ -214,7 +225,6 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
         masker: ``f(context) -> Masker`` that masks this node's update (an agent's Masker);
             default: :class:`SessionMasker` of the node's open session.
     """
-    masker_of = masker or SessionMasker
 
     def node_seed(context: Context) -> str | None:
         own = seed if seed is not None else context.node_config.get(SEED_KEY)
@@ -241,7 +251,7 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
         return SecAggClient(pid, **kwargs)
 
     def train_and_mask(msg: Message, context: Context, call_next: ClientAppCallable, record: ConfigRecord,
-                       bits: int) -> Message | bytes:
+                       client: SecAggClient, request: bytes) -> Message | bytes:
         # The user's handler sees a plain train message: the strategy's records only.
         like_key = record.get("array-key", "arrays")
         msg.content = RecordDict({k: v for k, v in msg.content.items() if k != PAYLOAD})
@@ -264,10 +274,12 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
             raise SecAggError(f"the train handler's reply needs an integer metric {weight_key!r}, got {n!r}")
         metric_names = tuple(m for m in _field(record, "metrics", str).split(",") if m)
         vector = client_vector({k: arrays[k] for k in names}, int(n), metrics, metric_names,
-                               clip=float(_field(record, "clip", float)), bits=bits,
+                               clip=float(_field(record, "clip", float)), bits=client.bits,
                                max_weight=_field(record, "max-weight", int),
                                num_clients=_field(record, "clients", int))
-        return masker_of(context).mask(vector)
+        # The default masker takes the session as read above; an agent's Masker finds the
+        # request waiting with the session in context.state.
+        return (SessionMasker(context, (client, request)) if masker is None else masker(context)).mask(vector)
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type.split(".")[0] != "train" or not msg.has_content() \
@@ -294,9 +306,11 @@ def make_secure_agg_mod(*, seed: int | str | None = None, identity: Identity | N
                 return _reply(msg, out)
             if step == MASK:
                 client = _load(context)
-                # The request waits with the session for the node's Masker to answer it.
-                _save(context, client, request=_field(record, THIS, bytes))
-                masked = train_and_mask(msg, context, call_next, record, client.bits)
+                request = _field(record, THIS, bytes)
+                if masker is not None:
+                    # The request waits with the session for the node's Masker to answer it.
+                    _save(context, client, request=request)
+                masked = train_and_mask(msg, context, call_next, record, client, request)
                 if isinstance(masked, Message):
                     return masked  # the user's handler replied with an error
                 nxt = None

@@ -88,10 +88,13 @@ class MaskGenerator:
             np.subtract(accumulator, stream, out=accumulator)
 
     def add_many(self, accumulator: np.ndarray, seeds: Sequence[tuple[bytes, int]], workers: int = 1,
-                 vectors: Sequence[np.ndarray] = ()) -> None:
+                 vectors: Sequence[np.ndarray] = (), overwrite: bool = False) -> None:
         """Adds ``sign * PRG(seed)`` for every ``(seed, sign)``, and every one of ``vectors``, into ``accumulator``.
 
-        Sums are modulo 2**width (the caller reduces modulo 2**bits once at the end).
+        Sums are modulo 2**width (the caller reduces modulo 2**bits once at the end). With
+        ``overwrite`` the accumulator's old content is ignored: it receives exactly the sum
+        (a client's masked input ``x + masks`` from an uninitialized buffer, without a separate
+        pass to copy ``x`` into it first: each chunk of ``x`` is copied while it is in cache).
 
         The same sum as calling :meth:`add` once per seed, computed chunk by chunk: for each
         slice of :data:`CHUNK_WORDS` words every stream is generated into a small buffer and
@@ -112,6 +115,8 @@ class MaskGenerator:
                 raise SecAggError(f"every added vector must be {self.length} words of {self.dtype}, "
                                   f"got {vector.shape} of {vector.dtype}")
         if not seeds and not vectors:
+            if overwrite:
+                accumulator.fill(0)
             return
         chunks = -(-self.length // CHUNK_WORDS)
         workers = max(1, min(int(workers), chunks))
@@ -120,14 +125,14 @@ class MaskGenerator:
         bounds[-1] = self.length
         ranges = [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
         if len(ranges) == 1:
-            self._add_range(accumulator, seeds, vectors, *ranges[0])
+            self._add_range(accumulator, seeds, vectors, overwrite, *ranges[0])
             return
         with ThreadPoolExecutor(len(ranges)) as pool:
-            for future in [pool.submit(self._add_range, accumulator, seeds, vectors, lo, hi) for lo, hi in ranges]:
+            for future in [pool.submit(self._add_range, accumulator, seeds, vectors, overwrite, lo, hi) for lo, hi in ranges]:
                 future.result()
 
     def _add_range(self, accumulator: np.ndarray, seeds: Sequence[tuple[bytes, int]], vectors: Sequence[np.ndarray],
-                   lo: int, hi: int) -> None:
+                   overwrite: bool, lo: int, hi: int) -> None:
         itemsize = self.dtype.itemsize
         counter = (lo * itemsize // 16).to_bytes(16, "big")  # CTR counts 16-byte blocks, big-endian
         encryptors = [(Cipher(algorithms.AES(seed[:16]), modes.CTR(counter)).encryptor(), sign) for seed, sign in seeds]
@@ -139,7 +144,12 @@ class MaskGenerator:
             n = min(step, hi - start)
             target = accumulator[start:start + n]
             stream = words[:n]
-            for vector in vectors:
+            if overwrite:
+                if vectors:
+                    np.copyto(target, vectors[0][start:start + n])
+                else:
+                    target.fill(0)
+            for vector in vectors[1:] if overwrite else vectors:
                 np.add(target, vector[start:start + n], out=target)
             for encryptor, sign in encryptors:
                 encryptor.update_into(zeros if n == step else zeros[: n * itemsize], buffer)

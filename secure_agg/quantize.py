@@ -134,7 +134,7 @@ class Quantizer:
 
 
 def quantize_into(values: np.ndarray, weight: float, quantizer: Quantizer, out: np.ndarray,
-                  scratch: np.ndarray | None = None) -> np.ndarray:
+                  scratch: np.ndarray | None = None, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Writes the words of ``weight * values`` into ``out`` (same size), block by block.
 
     Each block of 32k entries is weighted and scaled (one float64 product), clipped, rounded
@@ -148,6 +148,11 @@ def quantize_into(values: np.ndarray, weight: float, quantizer: Quantizer, out: 
         quantizer: The quantization (clip, scale, offset, word size).
         out: Destination words (``word_dtype(bits)``), as many as ``values``.
         scratch: A float64 work buffer; one of up to 32k entries is made when ``None``.
+        value_range: ``(min, max)`` of ``values`` when the caller has them (a client checks
+            them for NaN anyway). When they show that no weighted entry reaches the clip
+            limit, the clip pass is skipped; it would not change a single entry (the extremes
+            are weighted with the same float64 product as every block), so the words are the
+            same. About a fifth of the cost at 1M entries.
 
     Returns:
         ``out``.
@@ -162,12 +167,17 @@ def quantize_into(values: np.ndarray, weight: float, quantizer: Quantizer, out: 
         scratch = np.empty(min(flat.size, 1 << 15) or 1, dtype=np.float64)
     signed = words.view(np.int64 if words.dtype.itemsize == 8 else np.int32)
     factor, top, offset = weight * quantizer.scale, quantizer.clip * quantizer.scale, words.dtype.type(quantizer.offset)
+    clip = True
+    if value_range is not None and factor > 0:
+        lo, hi = (np.float64(v) * np.float64(factor) for v in value_range)
+        clip = not (-top <= lo and hi <= top)  # NaN compares False: clipped (and refused upstream)
     step = scratch.size
     for lo in range(0, flat.size, step):
         part = flat[lo:lo + step]
         buf = scratch[:part.size]
         np.multiply(part, factor, out=buf, dtype=np.float64)
-        np.clip(buf, -top, top, out=buf)
+        if clip:
+            np.clip(buf, -top, top, out=buf)
         np.rint(buf, out=buf)  # an integer in [-offset, offset], exactly (float64 holds it)
         signed[lo:lo + part.size] = buf
         words[lo:lo + part.size] += offset  # wraps modulo the word size to q + offset >= 0

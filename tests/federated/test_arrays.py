@@ -1,6 +1,7 @@
 """federated.arrays: the one ArrayRecord <-> numpy converter, against Flower's own record."""
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import ArrayRecord
 
@@ -29,3 +30,28 @@ def test_to_numpy_equals_a_torch_state_dict_record_and_copies_by_default() -> No
     got["weight"][0, 0] = 1e9  # a copy: the record is unchanged
     assert to_numpy(record)["weight"][0, 0] != 1e9
     assert np.array_equal(to_numpy(record, copy=False)["bias"], to_numpy(record)["bias"])
+
+
+def test_views_equal_flowers_numpy_for_every_layout_and_are_read_only() -> None:
+    from flwr.app import Array
+
+    arrays = {"transposed": np.arange(12, dtype=np.float32).reshape(3, 4).T,  # saved in Fortran order
+              "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+              "big_endian": np.arange(6, dtype=">i4").reshape(2, 3),
+              "scalar": np.array(7, dtype=np.int64), "empty": np.zeros((0, 3)), "bool": np.array([True, False]),
+              "complex": np.array([1 + 2j, -0.5j]), "large": np.linspace(-1, 1, 100_001, dtype=np.float32)}
+    record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    views = to_numpy(record, copy=False)
+    for name, value in arrays.items():
+        flowers = record[name].numpy()
+        got = views[name]
+        assert got.dtype == flowers.dtype and got.shape == flowers.shape and np.array_equal(got, flowers), name
+        assert np.array_equal(got, value), name
+        assert not got.flags.writeable, name  # a view of the record's bytes, never a way to change them
+    # An array Flower cannot read as numpy fails exactly as Flower's own numpy() does.
+    raw = Array(dtype="float32", shape=(2,), stype="raw-bytes", data=bytes(8))
+    with pytest.raises(TypeError, match="Unsupported serialization type"):
+        to_numpy(ArrayRecord({"raw": raw}), copy=False)
+    truncated = Array(dtype="float32", shape=(4,), stype=record["large"].stype, data=record["large"].data[:200])
+    with pytest.raises(ValueError):
+        to_numpy(ArrayRecord({"cut": truncated}), copy=False)

@@ -157,3 +157,23 @@ def test_active_client_state_survives_serialization_between_every_round() -> Non
     replies = step("unmasking", server.unmasking_requests(replies))
     assert clients[0].active and clients[0].min_threshold == 2 / 3 and clients[0].trusted_keys == sorted(trusted)
     assert np.array_equal(server.aggregate(replies), np.sum(list(vectors.values()), axis=0))
+
+
+def test_masking_in_place_sends_the_same_reply_and_only_touches_an_owned_vector() -> None:
+    server, clients, vectors = _session(n=4, t=3, dim=70_001)
+    adv = server.advertise_keys_requests()
+    share = server.share_keys_requests({u: clients[u].advertise_keys(m) for u, m in adv.items()})
+    masked = server.masked_input_requests({u: clients[u].share_keys(m) for u, m in share.items()})
+    state = clients[0].to_bytes()
+    words = np.arange(70_001, dtype=np.uint32) * 7
+    reference = SecAggClient.from_bytes(state).masked_input(masked[0], words)
+    assert words.tolist() == (np.arange(70_001, dtype=np.uint32) * 7).tolist()  # left untouched by default
+    owned = words.copy()
+    assert SecAggClient.from_bytes(state).masked_input(masked[0], owned, in_place=True) == reference
+    assert not np.array_equal(owned, words)  # masked in its own memory
+    frozen = words.copy()
+    frozen.flags.writeable = False
+    assert SecAggClient.from_bytes(state).masked_input(masked[0], frozen, in_place=True) == reference
+    int64 = words.astype(np.int64)  # not the word type: converted, the caller's array is kept
+    assert SecAggClient.from_bytes(state).masked_input(masked[0], int64, in_place=True) == reference
+    assert int64.tolist() == words.tolist()

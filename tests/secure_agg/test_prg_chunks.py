@@ -48,6 +48,14 @@ def test_add_many_is_the_sum_of_the_keystreams(length: int, bits: int, workers: 
     gen.add_many(acc, seeds[:2], workers=workers, vectors=vectors)
     reduce_mod(acc, bits)
     assert acc.tolist() == _reference(start, seeds[:2], bits, vectors)
+    # The client's form: overwrite ignores whatever the buffer held (here: the largest word)
+    # and writes vectors[0] + the rest, exactly as if the buffer had been zero.
+    zero = np.zeros(length, dtype=gen.dtype)
+    for vs in (vectors, ()):
+        acc = np.full(length, np.iinfo(gen.dtype).max, dtype=gen.dtype)
+        gen.add_many(acc, seeds[1:3], workers=workers, vectors=vs, overwrite=True)
+        reduce_mod(acc, bits)
+        assert acc.tolist() == _reference(zero, seeds[1:3], bits, vs)
 
 
 def test_add_many_matches_one_add_per_seed_and_cancels() -> None:
@@ -61,6 +69,17 @@ def test_add_many_matches_one_add_per_seed_and_cancels() -> None:
     assert np.array_equal(many, one_by_one)
     gen.add_many(many, [(seed, -sign) for seed, sign in seeds])
     assert np.array_equal(many, np.arange(100_003, dtype=np.uint32))
+
+
+def test_add_many_overwrite_without_streams_is_the_vector_sum_or_zero() -> None:
+    gen = MaskGenerator(5, 32)
+    acc = np.full(5, 7, dtype=np.uint32)
+    gen.add_many(acc, [], overwrite=True)
+    assert acc.tolist() == [0] * 5
+    a, b = np.arange(5, dtype=np.uint32), np.full(5, 2**32 - 1, dtype=np.uint32)
+    gen.add_many(acc, [], vectors=[a, b], overwrite=True)
+    assert acc.tolist() == [(i + 2**32 - 1) % 2**32 for i in range(5)]
+    assert a.tolist() == list(range(5))  # the vectors are read, never written
 
 
 def test_add_many_refuses_bad_arguments() -> None:

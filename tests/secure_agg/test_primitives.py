@@ -9,6 +9,7 @@ from scipy.stats import chisquare
 
 from secure_agg import Quantization, SecAggError, crypto, default_degree, random_harary_graph
 from secure_agg.prg import MaskGenerator
+from secure_agg.quantize import quantize_into
 from secure_agg.randomness import RandomSource
 from secure_agg.wire import decode, encode, pack_blobs, unpack_blobs
 
@@ -87,6 +88,30 @@ def test_quantizer_cannot_wrap_and_states_its_bound() -> None:
         Quantization(clip=1.0, bits=4).for_clients(100)
     with pytest.raises(SecAggError, match="NaN"):
         q.quantize(np.array([np.nan]))
+
+
+def _round_half_even(v: float) -> int:
+    # Python's round() on a float: the exact nearest integer, ties to even (as np.rint).
+    return round(v)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.37, 1e-3])
+def test_quantize_into_skips_the_clip_only_where_it_changes_nothing(weight: float) -> None:
+    q = Quantization(clip=2.0, bits=32).for_clients(5)
+    top = q.clip * q.scale
+    edge = np.float32(q.clip / weight)  # weighted, lands on the clip limit (or a rounding away from it)
+    cases = {"inside": np.linspace(-1.0, 1.0, 70_001, dtype=np.float32),
+             "beyond": np.linspace(-3.0 / weight, 5.0 / weight, 70_001, dtype=np.float32),
+             "edge": np.array([-edge, 0.0, edge, np.nextafter(edge, np.float32(0))], dtype=np.float32),
+             "ints": np.array([-(2**60), 0, 3, 2**60], dtype=np.int64)}
+    for name, x in cases.items():
+        plain = quantize_into(x, weight, q, np.empty(x.size, np.uint32))
+        ranged = quantize_into(x, weight, q, np.empty(x.size, np.uint32), value_range=(x.min(), x.max()))
+        assert np.array_equal(plain, ranged), name
+        # Both against the definition, entry by entry in Python floats: clip, round, shift.
+        sample = x[:: max(1, x.size // 500)]
+        expect = [_round_half_even(min(max(float(v) * (weight * q.scale), -top), top)) + q.offset for v in sample]
+        assert ranged[:: max(1, x.size // 500)].tolist() == expect, name
 
 
 def test_hkdf_matches_the_cryptography_reference() -> None:
