@@ -8,9 +8,14 @@ Every crossing between the two goes through :func:`to_numpy` and :func:`from_num
 from __future__ import annotations
 
 from collections.abc import Mapping
+from io import BytesIO
 from typing import Any
 
 import numpy as np
+
+# The .npy header versions whose reader numpy exports (3.0 differs only in its encoding; it goes
+# through Flower's numpy()).
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def to_numpy(arrays: Any, *, copy: bool = True) -> dict[str, np.ndarray]:
@@ -35,8 +40,6 @@ def _view(array: Any) -> np.ndarray:
     whole model this way every round (1 ms per 4 MB). Anything else (another serialization,
     an object dtype, a truncated buffer) goes through ``numpy()``, which raises as it would.
     """
-    from io import BytesIO
-
     from flwr.common.constant import SType
 
     data = getattr(array, "data", None)
@@ -44,8 +47,7 @@ def _view(array: Any) -> np.ndarray:
         return array.numpy()
     head = BytesIO(data[:4096])
     try:
-        read = {(1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(head))
+        read = _NPY_HEADERS.get(np.lib.format.read_magic(head))
         if read is None:
             return array.numpy()
         shape, fortran, dtype = read(head)

@@ -178,17 +178,16 @@ class SessionMasker:
         Raises:
             SecAggError: no session is open, no request is pending, or the protocol refuses it.
         """
-        own = self.pending is not None
-        if self.pending is not None:
-            client, request = self.pending
-            self.pending = None  # one answer per request
+        pending, self.pending = self.pending, None  # one answer per request
+        if pending is not None:
+            client, request = pending
         else:
             if STATE_KEY not in self.context.state or REQUEST not in self.context.state[STATE_KEY]:
                 raise SecAggError("no masking request is pending on this node")
             request = bytes(self.context.state[STATE_KEY][REQUEST])
             client = _load(self.context)
-        # The mod's vector was built for this call only: it is masked in its own memory.
-        masked = client.masked_input(request, vector, in_place=own)
+        # The mod's session comes with a vector built for this call only: it is masked in its own memory.
+        masked = client.masked_input(request, vector, in_place=pending is not None)
         _save(self.context, client)  # the request is answered: it is not kept
         return masked
 

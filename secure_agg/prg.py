@@ -140,16 +140,18 @@ class MaskGenerator:
         zeros = bytes(step * itemsize)
         buffer = bytearray(step * itemsize + 15)  # update_into needs room for one extra block
         words = np.frombuffer(buffer, dtype=self.dtype, count=step)
+        # With overwrite, each chunk starts as the first vector's chunk (or zero) instead of
+        # the accumulator's old words; the other vectors are added as usual.
+        first, rest = (vectors[0], vectors[1:]) if overwrite and vectors else (None, vectors)
         for start in range(lo, hi, step):
             n = min(step, hi - start)
             target = accumulator[start:start + n]
             stream = words[:n]
-            if overwrite:
-                if vectors:
-                    np.copyto(target, vectors[0][start:start + n])
-                else:
-                    target.fill(0)
-            for vector in vectors[1:] if overwrite else vectors:
+            if first is not None:
+                np.copyto(target, first[start:start + n])
+            elif overwrite:
+                target.fill(0)
+            for vector in rest:
                 np.add(target, vector[start:start + n], out=target)
             for encryptor, sign in encryptors:
                 encryptor.update_into(zeros if n == step else zeros[: n * itemsize], buffer)

@@ -169,8 +169,8 @@ def quantize_into(values: np.ndarray, weight: float, quantizer: Quantizer, out: 
     factor, top, offset = weight * quantizer.scale, quantizer.clip * quantizer.scale, words.dtype.type(quantizer.offset)
     clip = True
     if value_range is not None and factor > 0:
-        lo, hi = (np.float64(v) * np.float64(factor) for v in value_range)
-        clip = not (-top <= lo and hi <= top)  # NaN compares False: clipped (and refused upstream)
+        low, high = (np.float64(v) * np.float64(factor) for v in value_range)
+        clip = not (-top <= low and high <= top)  # NaN compares False: clipped (and refused upstream)
     step = scratch.size
     for lo in range(0, flat.size, step):
         part = flat[lo:lo + step]
