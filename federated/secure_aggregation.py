@@ -46,6 +46,12 @@ round's messages (pipelining): a steady round is two exchanges (mask, unmask), t
 pre-opened session, first opens a fresh session with two extra exchanges. Every session has
 its own keys, secrets and a session id that is never reused.
 
+While an exchange is under way the server starts on each reply as it arrives (checks its
+signature, adds a masked input to the sum, removes a survivor's self mask once t shares of its
+seed are in: :meth:`secure_agg.SecAggServer.take`), so that little is left when the last
+reply comes. For the masking exchange, which Flower's round loop sends, ``start`` hands the
+loop a Grid that does this while pulling exactly as Flower's own ``send_and_receive``.
+
 Replies are accepted only as answers to the messages of the current exchange (matched by
 message id and sender); a duplicate, a late reply to an earlier message, an error reply or a
 malformed one (wrong record type, junk bytes, missing keys) drops its sender for the session,
@@ -59,7 +65,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,14 +215,16 @@ def decode_sum(total: np.ndarray, quantizer: Quantizer, count: int, max_weight: 
     return average, quantizer.dequantize(total[size:-1], count)
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+def exchange(grid: Grid, messages: list[Message], timeout: float,
+             on_reply: Callable[[Message], None] | None = None) -> list[Message]:
     """Pushes ``messages`` and pulls their replies until all arrived or ``timeout`` passed.
 
     Like ``Grid.send_and_receive`` but polling from 1 ms up to 10 ms instead of at a fixed
     0.1 s (simulation) or 3 s (deployment): secure aggregation needs at least one more
     exchange per round than FedAvg, and each would otherwise wait out a polling interval.
     Only replies to these messages are pulled; a reply that comes after ``timeout`` is never
-    pulled by a later exchange.
+    pulled by a later exchange. ``on_reply`` is called with each reply as it is pulled, while
+    others are still outstanding (the last ones pulled are only returned).
     """
     pending = {m for m in grid.push_messages(messages) if m}
     replies: list[Message] = []
@@ -227,9 +235,70 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Messag
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         if pending:
+            for reply in got if on_reply is not None else ():
+                on_reply(reply)
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
     return replies
+
+
+class _TakingGrid(Grid):
+    """The Grid that :meth:`SecureAggregation.start` hands to Flower's round loop.
+
+    It is the user's Grid, except while it waits for the replies to the masking messages:
+    then each reply pulled goes to the session's server as it arrives (its signature checked,
+    its masked input added to the sum: :meth:`secure_agg.SecAggServer.take`), so that this
+    work overlaps the wait for the slower clients instead of following it. It pulls exactly
+    as Flower's ``send_and_receive`` does, at the Grid's own interval (``pull_interval``,
+    0.1 s in simulation; 3 s for the deployment Grid), so the exchange itself takes as long
+    as under FedAvg.
+    """
+
+    def __init__(self, grid: Grid, owner: SecureAggregation) -> None:
+        self._grid, self._owner = grid, owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        take = self._owner._mask_taker(messages)
+        if take is None:
+            return self._grid.send_and_receive(messages, timeout=timeout)
+        interval = float(getattr(self._grid, "pull_interval", 3.0))
+        pending = set(self._grid.push_messages(messages))
+        end = time.time() + (timeout if timeout is not None else 0.0)
+        replies: list[Message] = []
+        while timeout is None or time.time() < end:
+            got = list(self._grid.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not pending:
+                break
+            t0 = time.monotonic()
+            for reply in got:
+                take(reply)
+            time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+        return replies
 
 
 @dataclass
@@ -336,7 +405,7 @@ class SecureAggregation(Strategy):
               **kwargs: Any) -> Any:
         """Flower's round loop; records ``num_rounds`` so the last round opens no next session."""
         self.num_rounds = num_rounds
-        return super().start(grid, initial_arrays, num_rounds, *args, **kwargs)
+        return super().start(_TakingGrid(grid, self), initial_arrays, num_rounds, *args, **kwargs)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -392,14 +461,45 @@ class SecureAggregation(Strategy):
                                dst_node_id=session.nodes[pid])
         return out
 
+    def _sender(self, session: _Session, sent: dict[str, int], msg: Message, seen: set[int]) -> int | None:
+        """The client id whose message ``msg`` answers, or None for a reply to use no further.
+
+        A reply counts only if it answers one of ``sent`` (message id -> client id) and comes
+        from that message's node; the first such reply per client is used (added to ``seen``).
+        """
+        meta = msg.metadata
+        pid = sent.get(meta.reply_to_message_id)
+        if pid is None or meta.src_node_id != session.nodes[pid] or pid in seen:
+            return None  # stale (another exchange), misrouted or duplicated: never used
+        seen.add(pid)
+        return pid
+
+    @staticmethod
+    def _payload(msg: Message, step: str) -> tuple[bytes | None, bytes | None, str]:
+        """(this session's payload, the next session's or None, "") or (None, None, why it is refused)."""
+        if msg.has_error():
+            reason = str(msg.error.reason)
+            if step != MASK and not reason.startswith("secure aggregation:"):
+                # Only the mod answers these steps; a plain handler that got one fails.
+                reason += " (a ClientApp without secure_agg_mod in its mods fails this way)"
+            return None, None, f"error reply: {reason}"
+        record = msg.content[PAYLOAD] if PAYLOAD in msg.content else None
+        if not isinstance(record, ConfigRecord):
+            return None, None, (f"reply without a '{PAYLOAD}' ConfigRecord (is secure_agg_mod in the "
+                                "node's ClientApp mods?)")
+        data = record.get(THIS)
+        if not isinstance(data, bytes):
+            return None, None, f"'{THIS}' is not bytes"
+        following = record.get(NEXT)
+        return data, following if isinstance(following, bytes) else None, ""
+
     def _collect(self, session: _Session, sent: dict[str, int], replies: Iterable[Message],
                  step: str) -> tuple[dict[int, bytes], dict[int, bytes]]:
         """This session's and the next session's payloads, by client id, from the replies to ``sent``.
 
-        ``sent`` maps the message id of each message of this exchange to its client id. A
-        reply counts only if it answers one of them and comes from that message's node; the
-        first such reply per client is used. Anything else about a reply that is wrong drops
-        that client, with the reason in ``last_round.discarded``.
+        ``sent`` maps the message id of each message of this exchange to its client id (see
+        :meth:`_sender` for which replies count). Anything else about a reply that is wrong
+        drops that client, with the reason in ``last_round.discarded``.
         """
         this: dict[int, bytes] = {}
         nxt: dict[int, bytes] = {}
@@ -407,32 +507,16 @@ class SecureAggregation(Strategy):
         for msg in replies:
             pid = None
             try:
-                meta = msg.metadata
-                pid = sent.get(meta.reply_to_message_id)
-                if pid is None or meta.src_node_id != session.nodes[pid] or pid in seen:
-                    continue  # stale (another exchange), misrouted or duplicated: never used
-                seen.add(pid)
-                if msg.has_error():
-                    reason = str(msg.error.reason)
-                    if step != MASK and not reason.startswith("secure aggregation:"):
-                        # Only the mod answers these steps; a plain handler that got one fails.
-                        reason += " (a ClientApp without secure_agg_mod in its mods fails this way)"
-                    self.last_round.discarded[pid] = f"{step}: error reply: {reason}"
+                pid = self._sender(session, sent, msg, seen)
+                if pid is None:
                     continue
-                record = msg.content[PAYLOAD] if PAYLOAD in msg.content else None
-                if not isinstance(record, ConfigRecord):
-                    self.last_round.discarded[pid] = (
-                        f"{step}: reply without a '{PAYLOAD}' ConfigRecord (is secure_agg_mod in the "
-                        "node's ClientApp mods?)")
-                    continue
-                data = record.get(THIS)
-                if not isinstance(data, bytes):
-                    self.last_round.discarded[pid] = f"{step}: '{THIS}' is not bytes"
+                data, following, why = self._payload(msg, step)
+                if data is None:
+                    self.last_round.discarded[pid] = f"{step}: {why}"
                     continue
                 this[pid] = data
                 self.last_round.server_bytes_in += len(data)
-                following = record.get(NEXT)
-                if isinstance(following, bytes):
+                if following is not None:
                     nxt[pid] = following
                     self.last_round.server_bytes_in += len(following)
             except Exception as exc:  # any malformed reply drops its sender, not the run
@@ -442,11 +526,44 @@ class SecureAggregation(Strategy):
                     nxt.pop(pid, None)
         return this, nxt
 
+    def _taker(self, session: _Session, messages: dict[int, Message]) -> Callable[[Message], None]:
+        """Hands each reply to ``messages`` to the servers as it arrives (``SecAggServer.take``).
+
+        The same replies count as for :meth:`_collect` (the first per client, from its node);
+        the next session's payload goes to the pre-opened next session's server. Whatever is
+        wrong with a reply is left for :meth:`_collect` and the server's round call to report.
+        """
+        sent: dict[str, int] = {}
+        seen: set[int] = set()
+        nxt = self._next
+
+        def take(msg: Message) -> None:
+            if not sent:  # the message ids exist once the messages are pushed
+                sent.update((m.metadata.message_id, pid) for pid, m in messages.items() if m.metadata.message_id)
+            try:
+                pid = self._sender(session, sent, msg, seen)
+                data, following, _ = self._payload(msg, "") if pid is not None else (None, None, "")
+            except Exception:
+                return
+            if pid is not None and data is not None:
+                session.server.take(pid, data)
+                if nxt is not None and following is not None:
+                    nxt.server.take(pid, following)
+        return take
+
+    def _mask_taker(self, messages: list[Message]) -> Callable[[Message], None] | None:
+        """:meth:`_taker` for the masking messages when ``messages`` are exactly those, else None."""
+        mine = list(self._mask_messages.values())
+        if self._current is None or not mine or len(mine) != len(messages) or \
+                any(a is not b for a, b in zip(mine, messages, strict=True)):
+            return None
+        return self._taker(self._current, self._mask_messages)
+
     def _exchange(self, session: _Session, step: str, messages: dict[int, Message]) -> tuple[dict[int, bytes], dict[int, bytes]]:
         """Sends ``messages`` (by client id) and collects the replies to exactly these messages."""
         assert self._grid is not None
         ordered = list(messages.items())
-        replies = exchange(self._grid, [m for _, m in ordered], self.timeout)
+        replies = exchange(self._grid, [m for _, m in ordered], self.timeout, on_reply=self._taker(session, messages))
         sent = {m.metadata.message_id: pid for pid, m in ordered if m.metadata.message_id}
         return self._collect(session, sent, replies, step)
 

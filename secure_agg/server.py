@@ -138,6 +138,13 @@ class SecAggServer:
         self.survivors: list[int] = []
         self.dropped: list[int] = []
         self.discarded: dict[int, str] = {}
+        # Work :meth:`take` did ahead while a round's replies were still arriving.
+        self._early: dict[tuple[str, int], tuple[Any, dict[str, Any] | None, str]] = {}
+        self._total: np.ndarray | None = None  # the masked inputs taken, minus the self masks removed
+        self._summed: dict[int, np.ndarray] = {}  # client -> its masked input, added to _total
+        self._b_early: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
+        self._unmasked: dict[int, bytes] = {}  # survivor -> its self-mask seed, its mask removed from _total
+        self._generator: MaskGenerator | None = None
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -151,19 +158,27 @@ class SecAggServer:
         accepted = {}
         if not isinstance(responses, dict):
             raise SecAggError(f"responses must be a dict of client id -> bytes, got {type(responses).__name__}")
-        todo = []
+        todo, results = [], {}
         for sender, data in responses.items():
             if sender not in expected:
                 self.discarded[sender] = f"{round_name}: not expected to answer"
                 continue
-            todo.append((sender, data))
+            early = self._early.get((round_name, sender))
+            if early is not None and (early[0] is data or early[0] == data):
+                results[sender] = early[1:]  # checked by take() as it arrived: the same bytes
+            else:
+                todo.append((sender, data))
         large = sum(1 for _, data in todo if isinstance(data, (bytes, bytearray)) and len(data) >= _THREADED_BYTES)
         if WORKERS > 1 and large > 1:
             with ThreadPoolExecutor(min(WORKERS, len(todo))) as pool:
-                results = list(pool.map(lambda item: self._open_reply(round_name, *item), todo))
+                results.update(zip((sender for sender, _ in todo),
+                                   pool.map(lambda item: self._open_reply(round_name, *item), todo), strict=True))
         else:
-            results = [self._open_reply(round_name, sender, data) for sender, data in todo]
-        for (sender, _), (msg, why) in zip(todo, results, strict=True):
+            results.update((sender, self._open_reply(round_name, sender, data)) for sender, data in todo)
+        for sender in responses:
+            if sender not in results:
+                continue
+            msg, why = results[sender]
             if msg is None:
                 self.discarded[sender] = why
             else:
@@ -209,6 +224,71 @@ class SecAggServer:
     def _expect(self, stage: str) -> None:
         if self.stage != stage:
             raise SecAggError(f"the server is in round {self.stage!r}, not {stage!r}")
+
+    # --- early work -------------------------------------------------------------------------
+
+    def _awaited(self) -> tuple[str, set[int]] | None:
+        """The round whose replies the server is waiting for, and who may send one."""
+        if self.stage == SHARE_KEYS:
+            return ADVERTISE_KEYS, self.alive
+        if self.stage == MASKED_INPUT:
+            return SHARE_KEYS, self.alive
+        if self.stage == (CONSISTENCY_CHECK if self.active else UNMASKING):
+            return MASKED_INPUT, self.alive
+        if self.stage == UNMASKING:
+            return CONSISTENCY_CHECK, set(self.survivors)
+        if self.stage == DONE:
+            return UNMASKING, self.asked
+        return None
+
+    def take(self, sender: int, data: bytes) -> None:
+        """Starts on one reply to the awaited round while the others are still on their way.
+
+        Optional; lets a caller use the time it waits for the slowest clients. The round's
+        own call (``share_keys_requests`` ... ``aggregate``) still gets every reply, reuses the
+        work done here for exactly the same bytes, and so returns, checks and refuses exactly
+        what it would without it. Here the reply's signature and framing are checked; a checked
+        masked input is added to the running sum; and in the last round, as soon as t shares
+        of a survivor's self-mask seed reconstruct the seed its owner committed to, that
+        survivor's self mask is removed from the sum. Nothing is recorded about a bad reply:
+        the round's call reports it.
+        """
+        awaited = self._awaited()
+        if awaited is None or not isinstance(data, (bytes, bytearray)):
+            return
+        round_name, expected = awaited
+        if sender not in expected or (round_name, sender) in self._early:
+            return
+        msg, why = self._open_reply(round_name, sender, data)
+        self._early[(round_name, sender)] = (data, msg, why)
+        if msg is None:
+            return
+        if round_name == MASKED_INPUT:
+            y = msg.get("masked")
+            if isinstance(y, np.ndarray) and y.dtype == word_dtype(self.bits) and y.shape == (self.dim,):
+                np.add(self._running_total(), y, out=self._total)
+                self._summed[sender] = y
+        elif round_name == UNMASKING:
+            try:
+                rows = _share_rows(msg, "b_ids", "b_shares", set(self.survivors) & self.held[sender])
+            except SecAggError:
+                return  # aggregate() discards this holder
+            for v, row in rows.items():
+                got = self._b_early[v]
+                got.append((self.x[sender], sender, row))
+                if len(got) == self.threshold:
+                    seed = _to_secret(shamir.reconstruct([x for x, _, _ in got], np.stack([r for _, _, r in got]),
+                                                         self.threshold))
+                    if seed is not None and crypto.commitment(self.session, v, seed) == self.commits[v]:
+                        if self._generator is None:  # one keystream buffer for all of them
+                            self._generator = MaskGenerator(self.dim, self.bits)
+                        self._generator.add(self._running_total(), seed, -1)
+                        self._unmasked[v] = seed
+
+    def _running_total(self) -> np.ndarray:
+        if self._total is None:
+            self._total = np.zeros(self.dim, dtype=word_dtype(self.bits))
+        return self._total
 
     # --- rounds -----------------------------------------------------------------------------
 
@@ -428,8 +508,18 @@ class SecAggServer:
 
         b_seeds = self._reconstruct(b_shares, self.survivors, b_ok, "self-mask seed")
         s_keys = self._reconstruct(s_shares, self.dropped, s_ok, "masking key")
-        total = np.zeros(self.dim, dtype=word_dtype(self.bits))
-        streams = [(b_seeds[u], -1) for u in self.survivors]
+        # What take() did ahead: masked inputs summed, self masks removed. An input summed
+        # there that is not a survivor's input as settled comes out again; a seed removed there is the
+        # committed one, so it equals the seed reconstructed here (otherwise its mask goes back).
+        # Used once: a second call starts from nothing.
+        total, taken, unmasked = self._running_total(), self._summed, self._unmasked
+        self._total, self._summed, self._unmasked = None, {}, {}
+        summed = {u for u, y in taken.items() if u in survivors and self.masked.get(u) is y}
+        for u, y in taken.items():
+            if u not in summed:
+                np.subtract(total, y, out=total)
+        streams = [(b_seeds[u], -1) for u in self.survivors if unmasked.get(u) != b_seeds[u]]
+        streams += [(seed, 1) for u, seed in unmasked.items() if b_seeds.get(u) != seed]
         for v in self.dropped:
             agreement = crypto.KeyAgreement(s_keys[v], self.session)
             for u in sorted(set(self.graph[v]) & survivors):
@@ -438,7 +528,7 @@ class SecAggServer:
         # One cache-resident pass adds the masked vectors and removes the masks; the adds run
         # on threads (the clients are idle while the server unmasks, so its cores are free).
         MaskGenerator(self.dim, self.bits).add_many(total, streams, workers=WORKERS,
-                                                    vectors=[self.masked[u] for u in self.survivors])
+                                                    vectors=[self.masked[u] for u in self.survivors if u not in summed])
         return reduce_mod(total, self.bits)
 
     def _reconstruct(self, shares: dict[int, list[tuple[int, int, np.ndarray]]], owners: list[int],

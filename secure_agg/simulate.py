@@ -83,7 +83,8 @@ def _check_dropouts(dropouts: Mapping[str, Iterable[int]] | None, n: int) -> dic
 def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, Iterable[int]] | None = None,
              neighbours: int | None = None, seed: int | None = None, quantization: Quantization | None = None,
              bits: int = 32, tamper: Tamper | None = None, active: bool = False,
-             min_threshold: float | None = None, identity_keys: list[bytes] | None = None) -> SimulationResult:
+             min_threshold: float | None = None, identity_keys: list[bytes] | None = None,
+             early: bool | Callable[[str, int, bytes], bytes | None] = False) -> SimulationResult:
     """Securely sums ``vectors`` (client i holds ``vectors[i]``) with the four-round protocol (five with ``active``).
 
     Args:
@@ -106,6 +107,10 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
             default, 0.5, or 2/3 with ``active``).
         identity_keys: With ``active``, each client's raw Ed25519 identity private key
             (``None``: drawn from ``seed`` or the OS); the clients trust all of their public keys.
+        early: Hand every reply to :meth:`SecAggServer.take` as soon as its client produces
+            it, before the round's call gets them all (as a transport that delivers replies one
+            by one). A callable ``f(round, sender, reply) -> bytes | None`` chooses what is
+            taken instead (``None``: nothing); it gets the reply as the server receives it.
 
     Returns:
         A :class:`SimulationResult`.
@@ -200,6 +205,9 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
             clock[u] += time.perf_counter() - start
             if tamper is not None:
                 reply = tamper(round_name, u, "server", reply)
+            taken = (early(round_name, u, reply) if callable(early) else reply) if early else None
+            if taken is not None:
+                serve(server.take, u, taken)
             sent[u] += len(reply)
             replies[u] = reply
         return replies

@@ -40,7 +40,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 from flwr.supercore.task_identity import TaskIdentity
 
 from federated import SecAggParams, SecureAggregation, make_secure_agg_mod, secure_agg_mod
-from federated.secure_aggregation import PAYLOAD, THIS
+from federated.secure_aggregation import PAYLOAD, THIS, _TakingGrid
 from secure_agg import SecAggError
 
 SHAPES = {"w": (4, 3), "b": (3,)}
@@ -199,6 +199,8 @@ class ThreadGrid(Grid):
         self.rng.shuffle(out)
         return out
 
+    pull_interval = 0.002  # what send_and_receive sleeps between pulls (read by SecureAggregation.start's Grid)
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         pending = set(self.push_messages(messages))
         got: list[Message] = []
@@ -278,17 +280,19 @@ def survivor_pids(grid: ThreadGrid, secure: SecureAggregation) -> list[int]:
 def run_rounds(grid: ThreadGrid, make_strategy: Any, rounds: int, params: SecAggParams, *,
                timeout: float = PATIENT, with_loss: bool = True, sensitivity: float = 1.0,
                **kwargs: Any) -> list[dict[str, Any]]:
-    """Runs ``rounds`` secure rounds with ``grid.send_and_receive`` (as Flower's loop does) and
-    checks each against the wrapped strategy run on the survivors' plain replies."""
+    """Runs ``rounds`` secure rounds with ``grid.send_and_receive`` (as Flower's loop does, through
+    the Grid that ``SecureAggregation.start`` hands it, which starts on each reply as it arrives)
+    and checks each against the wrapped strategy run on the survivors' plain replies."""
     secure = SecureAggregation(make_strategy(), params, timeout=timeout, num_rounds=rounds, **kwargs)
+    loop_grid = _TakingGrid(grid, secure)
     reference = make_strategy()
     arrays = initial_arrays()
     history = []
     for server_round in range(1, rounds + 1):
         reference.configure_train(server_round, arrays, ConfigRecord(), grid)  # FedOpt keeps the model here
         try:
-            replies = grid.send_and_receive(secure.configure_train(server_round, arrays, ConfigRecord(), grid),
-                                            timeout=timeout)
+            replies = loop_grid.send_and_receive(secure.configure_train(server_round, arrays, ConfigRecord(), loop_grid),
+                                                 timeout=timeout)
             out, metrics = secure.aggregate_train(server_round, replies)
         except SecAggError as exc:
             history.append({"round": server_round, "error": str(exc)})
@@ -397,6 +401,44 @@ def test_stress_delays_reordering_duplicates_stale_replies_and_races() -> None:
     completed = [h for h in history if "error" not in h]
     assert len(completed) >= 4, history
     assert any(len(h["survivors"]) < 7 for h in completed)
+
+
+class DripGrid(ThreadGrid):
+    """A ThreadGrid whose pulls hand out one reply at a time (the others wait for later pulls)."""
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        got = list(super().pull_messages(message_ids))
+        with self.lock:
+            for later in got[1:]:
+                self.ready.setdefault(later.metadata.reply_to_message_id, []).append(later)
+        return got[:1]
+
+
+def test_the_server_starts_on_each_reply_as_it_arrives_and_ends_at_fedavg(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With one reply per pull, every reply but the last of an exchange reaches the server
+    # (SecAggServer.take) while others are outstanding: through the Grid of start() for the
+    # masking exchange, through exchange() for the unmasking one. run_rounds checks every round
+    # against FedAvg on the survivors' plain replies.
+    from secure_agg import SecAggServer
+
+    taken: list[str | None] = []
+    take = SecAggServer.take
+
+    def spy(self: SecAggServer, sender: int, data: bytes) -> None:
+        awaited = self._awaited()
+        taken.append(awaited[0] if awaited else None)
+        take(self, sender, data)
+
+    monkeypatch.setattr(SecAggServer, "take", spy)
+    n, rounds = 5, 3
+    grid = DripGrid({1000 + 7 * i: user_app() for i in range(n)})
+    history = run_rounds(grid, lambda: FedAvg(fraction_evaluate=0.0), rounds, SecAggParams(seed=2))
+    assert [h["survivors"] for h in history] == [list(range(n))] * rounds
+    assert [h["pipelined"] for h in history] == [False, True, True]
+    # This session's masked inputs and unmasking shares; the next session's keys and shares ride along.
+    assert taken.count("masked_input") == rounds * (n - 1)
+    assert taken.count("unmasking") == rounds * (n - 1)
+    assert taken.count("advertise_keys") == taken.count("share_keys") == rounds * (n - 1)
 
 
 def test_fuzzed_replies_drop_their_senders_never_the_run() -> None:

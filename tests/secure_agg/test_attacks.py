@@ -13,6 +13,7 @@ import pytest
 from secure_agg import (
     CONSISTENCY_CHECK,
     MASKED_INPUT,
+    UNMASKING,
     SecAggClient,
     SecAggError,
     SecAggServer,
@@ -458,3 +459,107 @@ def test_a_request_altered_in_transit_drops_its_recipient_not_the_sum(round_name
     result = simulate(vectors, 4, seed=3, tamper=tamper)
     assert 0 not in result.survivors and "answers another request" in result.discarded[0]
     assert np.array_equal(result.aggregate, plain_sum(vectors, result.survivors))
+
+
+# --- Early work: replies taken as they arrive (SecAggServer.take) ----------------------------
+# The server may check a reply, add a masked input to the sum and remove a survivor's self mask
+# before a round's replies are all in; it must end exactly where the round calls alone end.
+
+@pytest.mark.parametrize(("active", "neighbours", "t", "dropouts"), [
+    (False, None, 5, {}),
+    (False, None, 5, {"masked_input": [2], "unmasking": [5]}),
+    (False, 6, 4, {"share_keys": [1], "unmasking": [0, 6]}),
+    (True, None, 7, {"consistency_check": [3], "unmasking": [4]}),
+    (True, 6, 5, {"masked_input": [7]}),
+])
+def test_taking_replies_early_gives_the_same_sum_survivors_and_refusals(active, neighbours, t, dropouts) -> None:
+    rng = np.random.default_rng(5)
+    vectors = [rng.integers(0, 2**20, size=33) for _ in range(9)]
+    plain = simulate(vectors, t, dropouts, neighbours=neighbours, seed=4, active=active)
+    early = simulate(vectors, t, dropouts, neighbours=neighbours, seed=4, active=active, early=True)
+    assert np.array_equal(early.aggregate, plain.aggregate)
+    assert np.array_equal(early.aggregate, np.sum([vectors[u] for u in early.survivors], axis=0))
+    assert (early.survivors, early.dropped, early.discarded) == (plain.survivors, plain.dropped, plain.discarded)
+
+
+def test_a_masked_input_taken_early_then_altered_is_taken_out_of_the_sum() -> None:
+    # The server checks and sums client 3's reply as it arrives; the copy the round call gets
+    # has been altered (its signature fails). Client 3 is dropped, and its input must leave the sum.
+    originals: dict[tuple[str, int], bytes] = {}
+
+    def alter(round_name, sender, recipient, data):
+        if round_name == MASKED_INPUT and sender == 3:
+            originals[(round_name, sender)] = data
+            msg = body(data)
+            msg["rejected"] = []
+            return encode(msg) + bytes(64)
+        return data
+
+    vectors = [np.arange(DIM) * (u + 1) for u in range(6)]
+    result = simulate(vectors, 4, seed=2, tamper=alter, early=lambda r, u, data: originals.get((r, u), data))
+    assert result.dropped == [3] and "signature does not verify" in result.discarded[3]
+    assert np.array_equal(result.aggregate, plain_sum(vectors, [0, 1, 2, 4, 5]))
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_corrupted_share_taken_early_never_reaches_the_sum(first: bool) -> None:
+    # Client 2's share of client 0's self-mask seed is off by one. Taken first, it is among the
+    # first t shares, whose seed does not match client 0's commitment: nothing is removed early
+    # and the round call finds the bad holder. Taken last, the seed came from good shares.
+    server, clients, vectors = session(8, 5)
+    replies = to_masked(server, clients, vectors)
+    for u, data in replies.items():
+        server.take(u, data)
+    unmask = server.unmasking_requests(replies)
+    answers = {u: clients[u].unmasking(m) for u, m in unmask.items()}
+    answers[2] = corrupt_one_share(answers[2], clients[2], "b", 0)
+    order = [2] + [u for u in answers if u != 2] if first else [u for u in answers if u != 2] + [2]
+    for u in order:
+        server.take(u, answers[u])
+    assert (0 in server._unmasked) is not first
+    total = server.aggregate(answers)
+    assert np.array_equal(total, plain_sum(vectors, range(8)))
+    assert "not on the polynomial" in server.discarded[2]
+
+
+def test_take_ignores_what_the_server_is_not_waiting_for() -> None:
+    server, clients, vectors = session(5, 3)
+    replies = to_masked(server, clients, vectors)
+    junk = [(0, b"\x00" * 10), (1, "not bytes"), (9, replies[0]), (2, replies[3])]
+    for u, data in junk:
+        server.take(u, data)  # malformed, wrong type, unknown sender, another client's reply
+    server.take(4, replies[4])
+    server.take(4, replies[4])  # taken twice: summed once
+    unmask = server.unmasking_requests(replies)
+    assert server.dropped == [] and server.discarded == {}
+    for u, data in replies.items():  # a masked-input reply during the unmasking round is not awaited
+        server.take(u, data)
+    answers = {u: clients[u].unmasking(m) for u, m in unmask.items()}
+    assert np.array_equal(server.aggregate(answers), plain_sum(vectors, range(5)))
+    assert np.array_equal(server.aggregate(answers), plain_sum(vectors, range(5)))  # the early work is used once
+
+
+def test_too_few_shares_still_raise_after_early_work() -> None:
+    server, clients, vectors = session(6, 4)
+    replies = to_masked(server, clients, vectors)
+    for u, data in replies.items():
+        server.take(u, data)
+    unmask = server.unmasking_requests(replies)
+    answers = {u: clients[u].unmasking(m) for u, m in list(unmask.items())[:3]}
+    for u, data in answers.items():
+        server.take(u, data)
+    assert not server._unmasked
+    with pytest.raises(SecAggError, match="fewer than the threshold 4"):
+        server.aggregate(answers)
+
+
+def test_unmasking_round_name_is_the_one_taken_in_the_last_round() -> None:
+    server, clients, vectors = session(5, 3)
+    replies = to_masked(server, clients, vectors)
+    unmask = server.unmasking_requests(replies)
+    answers = {u: clients[u].unmasking(m) for u, m in unmask.items()}
+    for u, data in answers.items():
+        server.take(u, data)
+    assert {key for key in server._early} == {(UNMASKING, u) for u in answers}
+    assert sorted(server._unmasked) == list(range(5))
+    assert np.array_equal(server.aggregate(answers), plain_sum(vectors, range(5)))

@@ -125,9 +125,10 @@ def _mutate(data: bytes, rng: np.random.Generator, pool: list[bytes]) -> bytes:
     return b""  # empty
 
 
-@pytest.mark.parametrize("active", [False, True])
-def test_fuzzed_sessions_end_exact_or_with_secagg_error(active: bool) -> None:
-    rng = np.random.default_rng(12 if active else 21)
+@pytest.mark.parametrize(("active", "early"), [(False, False), (True, False), (False, True), (True, True)])
+def test_fuzzed_sessions_end_exact_or_with_secagg_error(active: bool, early: bool) -> None:
+    # early: the server also starts on every (mutated) reply as it arrives (SecAggServer.take).
+    rng = np.random.default_rng((12 if active else 21) + (100 if early else 0))
     n, t, dim = 4, 3, 3
     mutations, outcomes = 0, {"exact": 0, "refused": 0}
     pool: list[bytes] = []
@@ -148,7 +149,7 @@ def test_fuzzed_sessions_end_exact_or_with_secagg_error(active: bool) -> None:
             return _mutate(data, rng, pool)
 
         try:
-            result = simulate(vectors, t, seed=int(rng.integers(0, 2**31)), tamper=tamper, active=active)
+            result = simulate(vectors, t, seed=int(rng.integers(0, 2**31)), tamper=tamper, active=active, early=early)
         except SecAggError:
             outcomes["refused"] += 1
         else:

@@ -1,8 +1,9 @@
 """MaskGenerator.add_many (chunked, optionally threaded) against the whole AES-CTR keystream.
 
-The reference is Python-int arithmetic on the keystream that ``cryptography`` produces in one
-call from counter 0; the chunk boundaries, the per-range counter offsets and the thread split
-must not change a single word.
+The reference is Python-int arithmetic on the keystream that ``cryptography``'s AES-CTR
+produces in one call from its first counter block (0^96 || 2); the chunk boundaries, the
+per-range counter offsets, the thread split and the encryptor (GCM's or CTR's) must not change
+a single word.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from secure_agg import SecAggError
+from secure_agg import SecAggError, prg
 from secure_agg.prg import CHUNK_WORDS, MaskGenerator, reduce_mod
 
 
@@ -22,7 +23,7 @@ def _reference(start: np.ndarray, seeds: list[tuple[bytes, int]], bits: int,
     for vector in vectors:
         total = [(a + int(b)) % (1 << width) for a, b in zip(total, vector, strict=True)]
     for seed, sign in seeds:
-        raw = Cipher(algorithms.AES(seed[:16]), modes.CTR(bytes(16))).encryptor().update(bytes(start.nbytes))
+        raw = Cipher(algorithms.AES(seed[:16]), modes.CTR((2).to_bytes(16, "big"))).encryptor().update(bytes(start.nbytes))
         stream = np.frombuffer(raw, dtype=start.dtype).tolist()
         total = [(a + sign * s) % (1 << width) for a, s in zip(total, stream, strict=True)]
     return [a % (1 << bits) for a in total]
@@ -32,7 +33,10 @@ def _reference(start: np.ndarray, seeds: list[tuple[bytes, int]], bits: int,
 @pytest.mark.parametrize("length", [7, CHUNK_WORDS, CHUNK_WORDS + 1, 3 * CHUNK_WORDS + 12_345])
 @pytest.mark.parametrize("bits", [20, 32, 64])
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_add_many_is_the_sum_of_the_keystreams(length: int, bits: int, workers: int) -> None:
+@pytest.mark.parametrize("mode", ["gcm", "ctr"])
+def test_add_many_is_the_sum_of_the_keystreams(length: int, bits: int, workers: int, mode: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prg, "KEYSTREAM_MODE", mode)  # the encryptor of each range's first block
     rng = np.random.default_rng(length + bits)
     gen = MaskGenerator(length, bits)
     start = rng.integers(0, 1 << min(bits, 63), size=length, dtype=np.uint64).astype(gen.dtype)

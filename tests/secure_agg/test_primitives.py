@@ -5,22 +5,32 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from scipy.stats import chisquare
 
-from secure_agg import Quantization, SecAggError, crypto, default_degree, random_harary_graph
+from secure_agg import Quantization, SecAggError, crypto, default_degree, prg, random_harary_graph
 from secure_agg.prg import MaskGenerator
 from secure_agg.quantize import quantize_into
 from secure_agg.randomness import RandomSource
 from secure_agg.wire import decode, encode, pack_blobs, unpack_blobs
 
 
-def test_prg_is_the_aes_ctr_keystream_reduced_mod_2_bits() -> None:
+def _aes_ctr(seed: bytes, nbytes: int) -> bytes:
+    """The reference keystream: AES-128-CTR from counter block 0^96 || 2 (where GCM starts)."""
+    return Cipher(algorithms.AES(seed[:16]), modes.CTR((2).to_bytes(16, "big"))).encryptor().update(bytes(nbytes))
+
+
+@pytest.mark.parametrize("mode", ["gcm", "ctr", None])
+def test_prg_is_the_aes_ctr_keystream_reduced_mod_2_bits(mode: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whichever OpenSSL encryptor writes it (GCM's, CTR's, or the one measured faster), the bytes
+    # are the reference keystream; and GCM's ciphertext of zeros under the zero nonce is that keystream.
+    monkeypatch.setattr(prg, "KEYSTREAM_MODE", mode)
     seed = bytes(range(32))
-    stream = Cipher(algorithms.AES(seed[:16]), modes.CTR(bytes(16))).encryptor().update(bytes(4 * 1000))
-    ref = np.frombuffer(stream, dtype=np.uint32)
+    ref = np.frombuffer(_aes_ctr(seed, 4 * 1000), dtype=np.uint32)
+    assert AESGCM(seed[:16]).encrypt(bytes(12), bytes(4000), None)[:4000] == ref.tobytes()
     assert np.array_equal(MaskGenerator(1000, 32).mask(seed), ref)
     assert np.array_equal(MaskGenerator(1000, 20).mask(seed), ref & np.uint32(2**20 - 1))
-    ref64 = np.frombuffer(Cipher(algorithms.AES(seed[:16]), modes.CTR(bytes(16))).encryptor().update(bytes(8000)), dtype=np.uint64)
+    ref64 = np.frombuffer(_aes_ctr(seed, 8000), dtype=np.uint64)
     assert np.array_equal(MaskGenerator(1000, 64).mask(seed), ref64)
     acc = np.zeros(1000, dtype=np.uint32)
     gen = MaskGenerator(1000, 32)
@@ -29,6 +39,19 @@ def test_prg_is_the_aes_ctr_keystream_reduced_mod_2_bits() -> None:
     assert not acc.any()
     counts = np.bincount(MaskGenerator(80000, 12).mask(bytes(32)) >> np.uint32(8), minlength=16)
     assert chisquare(counts).pvalue > 1e-4
+
+
+def test_keystream_from_any_block_and_its_length_bound() -> None:
+    seed = bytes(range(1, 33))
+    whole = _aes_ctr(seed, 16 * 40)
+    for block in (0, 1, 17, 39):
+        out = bytearray(16 * (40 - block) + 15)
+        prg.keystream(seed, block).update_into(bytes(16 * (40 - block)), out)
+        assert bytes(out[: 16 * (40 - block)]) == whole[16 * block:]
+    # GCM counts blocks in 32 bits: no stream may reach the wrap (64 GiB), refused before any work.
+    with pytest.raises(SecAggError, match="too long for one keystream"):
+        MaskGenerator(prg.MAX_STREAM_BYTES // 4 + 1, 32)
+    assert MaskGenerator(prg.MAX_STREAM_BYTES // 8, 64).length == prg.MAX_STREAM_BYTES // 8
 
 
 def test_pairwise_seeds_agree_and_differ_by_purpose() -> None:
