@@ -164,7 +164,7 @@ class SecAggServer:
                 self.discarded[sender] = f"{round_name}: not expected to answer"
                 continue
             early = self._early.get((round_name, sender))
-            if early is not None and (early[0] is data or early[0] == data):
+            if early is not None and (early[0] is data or (isinstance(data, (bytes, bytearray)) and early[0] == data)):
                 results[sender] = early[1:]  # checked by take() as it arrived: the same bytes
             else:
                 todo.append((sender, data))

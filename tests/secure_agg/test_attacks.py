@@ -563,3 +563,15 @@ def test_unmasking_round_name_is_the_one_taken_in_the_last_round() -> None:
     assert {key for key in server._early} == {(UNMASKING, u) for u in answers}
     assert sorted(server._unmasked) == list(range(5))
     assert np.array_equal(server.aggregate(answers), plain_sum(vectors, range(5)))
+
+
+def test_a_round_call_with_other_than_the_bytes_taken_checks_what_it_got() -> None:
+    # Client 4's reply was taken as bytes; the round call gets an array of the same bytes.
+    server, clients, vectors = session(5, 3)
+    replies = to_masked(server, clients, vectors)
+    for u, data in replies.items():
+        server.take(u, data)
+    unmask = server.unmasking_requests({**replies, 4: np.frombuffer(replies[4], dtype=np.uint8)})
+    assert server.dropped == [4] and "masked_input" in server.discarded[4]
+    total = server.aggregate({u: clients[u].unmasking(m) for u, m in unmask.items()})
+    assert np.array_equal(total, plain_sum(vectors, [0, 1, 2, 3]))
