@@ -215,30 +215,36 @@ def decode_sum(total: np.ndarray, quantizer: Quantizer, count: int, max_weight: 
     return average, quantizer.dequantize(total[size:-1], count)
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float,
-             on_reply: Callable[[Message], None] | None = None) -> list[Message]:
+def exchange(grid: Grid, messages: list[Message], timeout: float | None,
+             on_reply: Callable[[Message], None] | None = None, interval: float | None = None) -> list[Message]:
     """Pushes ``messages`` and pulls their replies until all arrived or ``timeout`` passed.
 
     Like ``Grid.send_and_receive`` but polling from 1 ms up to 10 ms instead of at a fixed
     0.1 s (simulation) or 3 s (deployment): secure aggregation needs at least one more
     exchange per round than FedAvg, and each would otherwise wait out a polling interval.
-    Only replies to these messages are pulled; a reply that comes after ``timeout`` is never
-    pulled by a later exchange. ``on_reply`` is called with each reply as it is pulled, while
-    others are still outstanding (the last ones pulled are only returned).
+    Only replies to these messages are pulled; a reply that comes after ``timeout`` (``None``:
+    no limit) is never pulled by a later exchange. ``on_reply`` is called with each reply as it
+    is pulled, while others are still outstanding (the last ones pulled are only returned).
+    ``interval``: pull every ``interval`` seconds instead, as ``send_and_receive`` does (the
+    time ``on_reply`` takes counts towards it).
     """
     pending = {m for m in grid.push_messages(messages) if m}
     replies: list[Message] = []
-    deadline = time.monotonic() + timeout
-    pause = 0.001
+    deadline = time.monotonic() + (math.inf if timeout is None else timeout)
+    pause = 0.001 if interval is None else interval
     while pending and time.monotonic() < deadline:
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         if pending:
+            start = time.monotonic()
             for reply in got if on_reply is not None else ():
                 on_reply(reply)
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
+            if interval is None:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
+            else:
+                time.sleep(max(0.0, interval - (time.monotonic() - start)))
     return replies
 
 
@@ -284,21 +290,8 @@ class _TakingGrid(Grid):
         take = self._owner._mask_taker(messages)
         if take is None:
             return self._grid.send_and_receive(messages, timeout=timeout)
-        interval = float(getattr(self._grid, "pull_interval", 3.0))
-        pending = set(self._grid.push_messages(messages))
-        end = time.time() + (timeout if timeout is not None else 0.0)
-        replies: list[Message] = []
-        while timeout is None or time.time() < end:
-            got = list(self._grid.pull_messages(pending))
-            replies.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if not pending:
-                break
-            t0 = time.monotonic()
-            for reply in got:
-                take(reply)
-            time.sleep(max(0.0, interval - (time.monotonic() - t0)))
-        return replies
+        return exchange(self._grid, messages, timeout, on_reply=take,
+                        interval=float(getattr(self._grid, "pull_interval", 3.0)))
 
 
 @dataclass
@@ -542,10 +535,12 @@ class SecureAggregation(Strategy):
                 sent.update((m.metadata.message_id, pid) for pid, m in messages.items() if m.metadata.message_id)
             try:
                 pid = self._sender(session, sent, msg, seen)
-                data, following, _ = self._payload(msg, "") if pid is not None else (None, None, "")
+                if pid is None:
+                    return
+                data, following, _ = self._payload(msg, "")
             except Exception:
                 return
-            if pid is not None and data is not None:
+            if data is not None:
                 session.server.take(pid, data)
                 if nxt is not None and following is not None:
                     nxt.server.take(pid, following)
