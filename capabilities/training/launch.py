@@ -6,6 +6,11 @@ is present, unmeasured here), runs ``fn(rank, world_size, *args)`` and returns t
 results in rank order. The same worker code runs under ``torchrun`` across hosts, since it
 only uses the initialized default group.
 
+The group's rendezvous store (``MASTER_PORT``) is served by the calling process, as
+``torchrun``'s agent serves it, not by rank 0: it lives until every rank has returned, so rank
+0 returning first never cuts the others off (``torch.distributed.rpc``'s graceful shutdown
+reads the store on every rank).
+
 Failure handling is the point of this module: a worker that raises or dies makes ``launch``
 raise :class:`WorkerError` naming every rank's fate. The survivors notice through gloo (a
 closed connection, or the process group's ``timeout``), and whatever is still running after a
@@ -84,7 +89,7 @@ def _worker(
     rank: int,
     world_size: int,
     args: tuple[Any, ...],
-    port: int,
+    port_from: Any,
     backend: str,
     timeout_s: float,
     threads: int,
@@ -93,11 +98,15 @@ def _worker(
     caller_pid: int,
 ) -> None:
     die_with(caller_pid)
+    port = port_from.recv()  # the launcher's store, started once every rank is forked
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     os.environ["RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
     os.environ["LOCAL_RANK"] = str(rank)
+    # The rendezvous store at MASTER_PORT is the launcher's (as under torchrun's agent), not rank
+    # 0's: rank 0 may return while the others still use the store (rpc's graceful shutdown does).
+    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
     # gloo's TCP pairs bind the address the hostname resolves to; pin them to loopback.
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("TP_SOCKET_IFNAME", "lo")
@@ -199,28 +208,20 @@ def launch(
         # the server instead of in every worker saves seconds per launch.
         ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed", "capabilities.training",
                                     "capabilities.training.workers"])
-    # Another program may take the free port before rank 0 binds it (a shared machine);
-    # then nothing has run yet, and a fresh port is safe to try.
-    for attempt in range(3):
-        try:
-            return _run_once(ctx, fn, world_size, args, backend, timeout_s, threads, init, grace)
-        except WorkerError as exc:
-            in_use = any("EADDRINUSE" in why or "address already in use" in why.lower()
-                         for why in exc.failures.values())
-            if not in_use or attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    return _run_once(ctx, fn, world_size, args, backend, timeout_s, threads, init, grace)
 
 
 def _run_once(ctx: Any, fn: Callable[..., Any], world_size: int, args: tuple[Any, ...], backend: str,
               timeout_s: float, threads: int, init: str, grace: float) -> list[Any]:
-    """One attempt of :func:`launch` on a fresh port."""
+    """:func:`launch` after the checks: the processes, the store, the results, the clean-up."""
+    import torch.distributed as dist
+
+    ports = [ctx.Pipe(duplex=False) for _ in range(world_size)]  # (reader, writer) per rank
     results = ctx.Queue()
-    port = free_port()
     procs = [
         ctx.Process(
             target=_worker,
-            args=(fn, rank, world_size, args, port, backend, timeout_s, threads, init, results, os.getpid()),
+            args=(fn, rank, world_size, args, ports[rank][0], backend, timeout_s, threads, init, results, os.getpid()),
             daemon=True,
             name=f"agora-rank{rank}",
         )
@@ -231,10 +232,19 @@ def _run_once(ctx: Any, fn: Callable[..., Any], world_size: int, args: tuple[Any
     deadline = time.monotonic() + timeout_s + 30.0 + 5.0 * world_size
     first_failure: float | None = None
     started: list[Any] = []  # only these can be joined: a failed start must surface its own error
+    store = None
     try:
         for p in procs:
             p.start()
             started.append(p)
+        # This process hosts the group's rendezvous store for the whole call, so the store
+        # outlives every rank (torchrun's agent does the same); the OS picks the port as it binds
+        # it. It starts after the last fork: a child forked while the store's server thread holds
+        # a lock would inherit the lock held and no thread to release it.
+        store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                              timeout=datetime.timedelta(seconds=timeout_s))
+        for _, writer in ports:
+            writer.send(store.port)
         while len(outcome) < world_size:
             now = time.monotonic()
             if now > deadline:
@@ -276,6 +286,12 @@ def _run_once(ctx: Any, fn: Callable[..., Any], world_size: int, args: tuple[Any
                 p.join(timeout=2.0)
         results.close()
         results.cancel_join_thread()
+        for reader, writer in ports:
+            reader.close()
+            writer.close()
+        # Stopped now, not by whoever collects a traceback holding this frame: a child forked by
+        # a later launch would copy the store and, collecting it, stop a thread it does not have.
+        store = None
 
     failures = {}
     for rank in range(world_size):

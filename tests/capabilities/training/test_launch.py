@@ -1,6 +1,8 @@
 """The local process-group launcher: results by rank, clear failures, nothing left running."""
 
 import multiprocessing as mp
+import os
+import time
 
 import pytest
 import torch
@@ -18,6 +20,37 @@ def _raises(rank: int, world: int) -> None:
     if rank == 2:
         raise KeyError("boom on rank two")
     dist.barrier()
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie its parent has not reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _reads_after_rank_0_exits(rank: int, world: int) -> str:
+    # The rendezvous torch.distributed.rpc and init_process_group do: a store at MASTER_PORT.
+    url = f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}?rank={rank}&world_size={world}"
+    store, _, _ = next(dist.rendezvous(url))
+    if rank == 0:
+        store.set("pid0", str(os.getpid()))
+        return "set"
+    pid = int(store.get("pid0"))
+    deadline = time.monotonic() + 30.0
+    while not _gone(pid):
+        assert time.monotonic() < deadline, "rank 0 did not exit"
+        time.sleep(0.02)
+    return store.get("pid0").decode()
+
+
+def test_the_store_outlives_rank_0() -> None:
+    # torch.distributed.rpc's graceful shutdown reads the store after rank 0 may have returned;
+    # a store hosted by rank 0 vanished with it (Connection reset by peer on the others).
+    out = launch(_reads_after_rank_0_exits, 3, init="none", start_method="fork", timeout_s=30)
+    assert out[0] == "set" and out[1] == out[2] != "set"
 
 
 def test_results_come_back_in_rank_order() -> None:
