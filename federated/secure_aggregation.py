@@ -238,8 +238,9 @@ def exchange(grid: Grid, messages: list[Message], timeout: float | None,
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         if pending:
             start = time.monotonic()
-            for reply in got if on_reply is not None else ():
-                on_reply(reply)
+            if on_reply is not None:
+                for reply in got:
+                    on_reply(reply)
             if interval is None:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.01)

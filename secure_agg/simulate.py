@@ -205,9 +205,10 @@ def simulate(vectors: list[np.ndarray], threshold: int, dropouts: Mapping[str, I
             clock[u] += time.perf_counter() - start
             if tamper is not None:
                 reply = tamper(round_name, u, "server", reply)
-            taken = (early(round_name, u, reply) if callable(early) else reply) if early else None
-            if taken is not None:
-                serve(server.take, u, taken)
+            if early:
+                taken = early(round_name, u, reply) if callable(early) else reply
+                if taken is not None:
+                    serve(server.take, u, taken)
             sent[u] += len(reply)
             replies[u] = reply
         return replies

@@ -98,15 +98,13 @@ def _worker(
     caller_pid: int,
 ) -> None:
     die_with(caller_pid)
-    port = port_from.recv()  # the launcher's store, started once every rank is forked
+    port = port_from.recv()  # the launcher's store (see _run), started once every rank is forked
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     os.environ["RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
     os.environ["LOCAL_RANK"] = str(rank)
-    # The rendezvous store at MASTER_PORT is the launcher's (as under torchrun's agent), not rank
-    # 0's: rank 0 may return while the others still use the store (rpc's graceful shutdown does).
-    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
+    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"  # every rank is a client of that store
     # gloo's TCP pairs bind the address the hostname resolves to; pin them to loopback.
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("TP_SOCKET_IFNAME", "lo")
@@ -208,15 +206,17 @@ def launch(
         # the server instead of in every worker saves seconds per launch.
         ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed", "capabilities.training",
                                     "capabilities.training.workers"])
-    return _run_once(ctx, fn, world_size, args, backend, timeout_s, threads, init, grace)
+    return _run(ctx, fn, world_size, args, backend, timeout_s, threads, init, grace)
 
 
-def _run_once(ctx: Any, fn: Callable[..., Any], world_size: int, args: tuple[Any, ...], backend: str,
-              timeout_s: float, threads: int, init: str, grace: float) -> list[Any]:
+def _run(ctx: Any, fn: Callable[..., Any], world_size: int, args: tuple[Any, ...], backend: str,
+         timeout_s: float, threads: int, init: str, grace: float) -> list[Any]:
     """:func:`launch` after the checks: the processes, the store, the results, the clean-up."""
     import torch.distributed as dist
 
-    ports = [ctx.Pipe(duplex=False) for _ in range(world_size)]  # (reader, writer) per rank
+    # (reader, writer) per rank. Pipes, not one Event: Event.set() waits for each waiting process
+    # to acknowledge, and would hang on one that died waiting.
+    ports = [ctx.Pipe(duplex=False) for _ in range(world_size)]
     results = ctx.Queue()
     procs = [
         ctx.Process(
@@ -232,7 +232,6 @@ def _run_once(ctx: Any, fn: Callable[..., Any], world_size: int, args: tuple[Any
     deadline = time.monotonic() + timeout_s + 30.0 + 5.0 * world_size
     first_failure: float | None = None
     started: list[Any] = []  # only these can be joined: a failed start must surface its own error
-    store = None
     try:
         for p in procs:
             p.start()
